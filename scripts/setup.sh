@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Idempotent setup for dev and CI: Debian packages, LiveKit binaries built from the Go module
+# proxy, and a virtualenv with voicestack installed. Every step checks first and is skipped when
+# already done, so a warm machine finishes in seconds.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+LIVEKIT_SERVER_VERSION=v1.13.5
+LIVEKIT_SIP_VERSION=v1.11.0
+GO_MIN=1.26
+PY_MIN=3.11
+TOOLS="$root/.tools"
+VENV="$root/.venv"
+APT_PACKAGES=(
+  redis-server    # LiveKit SIP needs Redis
+  sip-tester      # sipp: SIP signaling tests
+  baresip         # the demo's scripted caller, a real SIP user agent
+  sox             # audio conversion for the demo's recordings
+  espeak-ng       # Piper's phonemizer data; also a second voice for test utterances
+  pkg-config libopus-dev libopusfile-dev libsoxr-dev  # cgo deps of livekit-sip
+  gcc g++ make cmake  # llama-cpp-python builds from source
+)
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+# --- Debian packages: install only what is missing -------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  [[ $pkg == \#* ]] && continue
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ $status == "install ok installed" ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Go toolchain and LiveKit binaries ----------------------------------------------------------
+command -v go >/dev/null || die "Go >= $GO_MIN is required to build livekit-server and livekit-sip"
+go_version=$(go env GOVERSION | sed 's/^go//')
+if [[ $(printf '%s\n%s\n' "$GO_MIN" "$go_version" | sort -V | head -1) != "$GO_MIN" ]]; then
+  die "Go >= $GO_MIN is required (found $go_version)"
+fi
+mkdir -p "$TOOLS/bin"
+stamp="$TOOLS/versions"
+touch "$stamp"
+build_tool() {  # name module version [cgo]
+  local name=$1 module=$2 version=$3 cgo=${4:-0}
+  if [[ -x "$TOOLS/bin/$name" ]] && grep -qx "$name $version" "$stamp"; then
+    return
+  fi
+  log "building $name $version with go install (first time takes minutes)"
+  local tmp
+  tmp=$(mktemp -d)
+  CGO_ENABLED=$cgo GOBIN="$tmp" go install -trimpath "$module@$version"
+  local built
+  built=$(find "$tmp" -type f -perm -u+x | head -1)
+  [[ -n $built ]] || die "go install $module@$version produced no binary"
+  mv -f "$built" "$TOOLS/bin/$name"
+  rm -rf "$tmp"
+  grep -v "^$name " "$stamp" >"$stamp.tmp" || true
+  echo "$name $version" >>"$stamp.tmp"
+  mv "$stamp.tmp" "$stamp"
+}
+build_tool livekit-server github.com/livekit/livekit-server/cmd/server "$LIVEKIT_SERVER_VERSION" 0
+build_tool livekit-sip github.com/livekit/sip/cmd/livekit-sip "$LIVEKIT_SIP_VERSION" 1
+
+# --- Python virtualenv --------------------------------------------------------------------------
+python=${PYTHON:-python3}
+"$python" -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$PY_MIN'.split('.'))))" \
+  || die "Python >= $PY_MIN is required"
+[[ -x "$VENV/bin/python" ]] || { log "creating $VENV"; "$python" -m venv "$VENV"; }
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+have=$(cat "$VENV/.voicestack-installed" 2>/dev/null || true)
+if [[ $want != "$have" ]]; then
+  log "installing voicestack and its pinned dependencies into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  # -DGGML_NATIVE stays on for dev machines (fast CPU kernels); images build with it off.
+  "$VENV/bin/pip" install -q -e ".[dev]"
+  echo "$want" >"$VENV/.voicestack-installed"
+fi
+
+log "ready: $("$TOOLS/bin/livekit-server" --version 2>&1 | head -1); livekit-sip $LIVEKIT_SIP_VERSION; $("$VENV/bin/python" --version)"
