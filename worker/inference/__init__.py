@@ -1,0 +1,1 @@
+"""Inference server: engines owned by threads, streaming WebSocket server, metrics."""

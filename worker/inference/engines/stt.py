@@ -1,0 +1,64 @@
+"""Speech to text with faster-whisper (CTranslate2). No asyncio here: an engine thread owns it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["SttEngine", "pcm16_to_float32"]
+
+SAMPLE_RATE = 16_000
+
+
+def pcm16_to_float32(pcm: bytes) -> np.ndarray:
+    """Signed 16-bit little-endian PCM to float32 samples in [-1, 1)."""
+    if len(pcm) % 2:
+        raise ValueError("16-bit PCM must have an even number of bytes")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class SttEngine:
+    """A Whisper model held by one thread; :meth:`transcribe` is a pure compute call."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: Literal["cpu", "cuda"],
+        compute_type: str,
+        threads: int,
+        language: str,
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        self.language = language
+        # cpu_threads is CTranslate2's intra_threads (its default is 4, too many for 2 cores);
+        # local_files_only: a model directory never falls back to the hub.
+        self._model = WhisperModel(
+            str(model_dir),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=threads,
+            num_workers=1,
+            local_files_only=True,
+        )
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """Transcribe 16 kHz mono float32 audio; returns the text ('' for silence or no audio)."""
+        if audio.size == 0:
+            return ""
+        segments, _info = self._model.transcribe(
+            audio.astype(np.float32, copy=False),
+            language=self.language,
+            beam_size=1,
+            without_timestamps=True,
+            # One greedy pass: temperature fallback would re-decode slow utterances several times.
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        # transcribe() is lazy: decoding happens while iterating, which is why this runs here,
+        # in the engine thread, and never on the event loop.
+        return " ".join(seg.text.strip() for seg in segments).strip()
