@@ -1,0 +1,145 @@
+"""Typed telephony config: inbound trunks, dispatch rules and the agent they dispatch.
+
+``config/telephony.yaml`` is loaded once (placeholders filled from the environment, see
+:mod:`worker.config.stack`) and validated here; ``voicestack provision`` turns it into LiveKit
+SIP trunks and dispatch rules. The safety rules that LiveKit does not enforce itself are
+validators of these models, so a config that would let anyone call in cannot even be loaded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from worker.config.loader import ConfigError, parse_model
+from worker.config.stack import substitute_tree
+
+__all__ = [
+    "DispatchRuleConfig",
+    "InboundTrunkConfig",
+    "TelephonyConfig",
+    "load_telephony",
+]
+
+_Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors; numeric-looking values (a PIN-like password) stay strings.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+def _check_address(value: str) -> str:
+    """An IP address or CIDR network; anything else (a hostname) is refused."""
+    text = value.strip()
+    try:
+        if "/" in text:
+            return str(ipaddress.ip_network(text, strict=False))
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address or CIDR network; hostnames are not allowed in "
+            "allowed_addresses because LiveKit compares them with the caller-controlled From host"
+        ) from None
+
+
+class InboundTrunkConfig(_Strict):
+    """One inbound SIP trunk (a PBX/SBC that may send us calls)."""
+
+    name: _Name
+    numbers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    allowed_addresses: list[str] = Field(default_factory=list)
+    allowed_numbers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    auth_username: str | None = None
+    auth_password: str | None = None
+    ringing_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    max_call_duration_s: float = Field(default=3600.0, gt=0, le=86400)
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _addresses_are_ips(cls, values: list[str]) -> list[str]:
+        return [_check_address(v) for v in values]
+
+    @model_validator(mode="after")
+    def _has_admission(self) -> InboundTrunkConfig:
+        has_user, has_password = bool(self.auth_username), bool(self.auth_password)
+        if has_user != has_password:
+            raise ValueError(
+                f"trunk {self.name!r}: digest auth needs both auth_username and auth_password"
+            )
+        if not self.allowed_addresses and not has_user:
+            raise ValueError(
+                f"trunk {self.name!r} has neither allowed_addresses nor digest auth "
+                "(auth_username/auth_password): anyone on the network could call in"
+            )
+        return self
+
+
+class DispatchRuleConfig(_Strict):
+    """One dispatch rule: calls on ``trunks`` go to a new room per call with our agent."""
+
+    name: _Name
+    trunks: list[_Name] = Field(
+        default_factory=list,
+        description="names of the trunks this rule applies to (LiveKit trunk_ids)",
+    )
+    room_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "call-"
+
+    @model_validator(mode="after")
+    def _names_trunks(self) -> DispatchRuleConfig:
+        if not self.trunks:
+            raise ValueError(
+                f"dispatch rule {self.name!r} has no trunks (trunk_ids): LiveKit applies a rule "
+                "without trunk_ids to calls that matched no trunk at all, i.e. to anyone"
+            )
+        return self
+
+
+class TelephonyConfig(_Strict):
+    """The whole telephony config file."""
+
+    agent_name: _Name
+    trunks: list[InboundTrunkConfig] = Field(min_length=1)
+    dispatch_rules: list[DispatchRuleConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TelephonyConfig:
+        trunk_names = [t.name for t in self.trunks]
+        for kind, names in (
+            ("trunk", trunk_names),
+            ("dispatch rule", [r.name for r in self.dispatch_rules]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(
+                    f"duplicate {kind} name(s): {', '.join(dupes)} (names must be unique)"
+                )
+        for rule in self.dispatch_rules:
+            unknown = [t for t in rule.trunks if t not in trunk_names]
+            if unknown:
+                raise ValueError(
+                    f"dispatch rule {rule.name!r} names unknown trunk(s) {', '.join(unknown)}; "
+                    f"known trunks: {', '.join(trunk_names)}"
+                )
+        return self
+
+
+def load_telephony(path: str | Path, env: Mapping[str, str]) -> TelephonyConfig:
+    """Read ``path``, fill its ``${VAR}`` placeholders from ``env`` and validate it."""
+    path = Path(path)
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_model(substitute_tree(data, env, str(path)), TelephonyConfig, str(path))

@@ -1,0 +1,269 @@
+"""Render the shipped production configs for a profile, and write them into a run directory.
+
+Source of truth: the top-level ``livekit-server.yaml`` and ``sip-config.yaml`` and
+``config/telephony.yaml``. A profile never has its own copy of them: ``prod``/``dev`` fill the
+placeholders from the environment; ``loopback`` fills them with 127.0.0.1 and free ports and
+applies the few overrides in :data:`LOOPBACK_OVERRIDES`, so tests run the same files that ship.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.config.loader import ConfigError
+from worker.config.stack import Profile, substitute_tree
+from worker.stack.ports import free_port, free_udp_range
+
+__all__ = [
+    "LIVEKIT_CONFIG",
+    "LOOPBACK_OVERRIDES",
+    "SIP_CONFIG",
+    "TELEPHONY_CONFIG",
+    "RenderedStack",
+    "RunFiles",
+    "loopback_env",
+    "project_root",
+    "render_stack",
+    "write_run_files",
+]
+
+LIVEKIT_CONFIG = "livekit-server.yaml"
+SIP_CONFIG = "sip-config.yaml"
+TELEPHONY_CONFIG = "config/telephony.yaml"
+
+# What loopback changes beyond the placeholder values, and why:
+# - livekit-server drops loopback ICE candidates unless told otherwise (everything is on lo);
+# - livekit-sip keeps a closed call's RTP port "draining" for 30 s / 10 min by default, which
+#   would exhaust the small RTP range a test run gets.
+LOOPBACK_OVERRIDES: dict[str, dict[str, Any]] = {
+    LIVEKIT_CONFIG: {"rtc": {"enable_loopback_candidate": True}},
+    SIP_CONFIG: {"rtp_draining_idle_timeout": "1s", "rtp_draining_duration": "5s"},
+}
+
+
+def project_root() -> Path:
+    """The checkout that holds the shipped configs (the parent of the ``worker`` package)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
+    """Placeholder values for the loopback profile: 127.0.0.1 and freshly picked free ports."""
+    host = "127.0.0.1"
+    http = free_port(host)
+    rtp_start, rtp_end = free_udp_range(rtp_ports, host)
+    redis_port = free_port(host)
+    return {
+        "LIVEKIT_BIND_ADDRESS": host,
+        "LIVEKIT_NODE_IP": host,
+        "LIVEKIT_HTTP_PORT": str(http),
+        "LIVEKIT_RTC_TCP_PORT": str(free_port(host)),
+        "LIVEKIT_RTC_UDP_PORT": str(free_port(host, "udp")),
+        # No STUN server runs on loopback; the entry only keeps clients off public STUN.
+        "LIVEKIT_STUN_SERVER": f"{host}:{free_port(host, 'udp')}",
+        "LIVEKIT_WS_URL": f"ws://{host}:{http}",
+        "REDIS_ADDRESS": f"{host}:{redis_port}",
+        "SIP_LISTEN_IP": host,
+        "SIP_NAT_IP": host,
+        "SIP_PORT": str(free_port(host, "udp")),
+        "SIP_HEALTH_PORT": str(free_port(host)),
+        "SIP_RTP_PORT_RANGE": f"{rtp_start}-{rtp_end}",
+    }
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _split_hostport(value: Any, what: str) -> tuple[str, int]:
+    text = str(value or "")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{what}: expected host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class RenderedStack:
+    """The configs of one profile with every placeholder filled, plus what callers need."""
+
+    profile: Profile
+    root: Path
+    livekit: dict[str, Any]
+    sip: dict[str, Any]
+    env: dict[str, str] = field(repr=False)
+    api_key: str
+    api_secret: str = field(repr=False)
+
+    @property
+    def livekit_host(self) -> str:
+        """Address the LiveKit HTTP/WebSocket API listens on (first bind address)."""
+        binds = self.livekit.get("bind_addresses") or ["127.0.0.1"]
+        host = str(binds[0])
+        return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+    @property
+    def livekit_port(self) -> int:
+        return int(self.livekit.get("port") or 7880)
+
+    @property
+    def livekit_url(self) -> str:
+        """``http://host:port`` of the LiveKit API (for livekit-api and health checks)."""
+        return f"http://{self.livekit_host}:{self.livekit_port}"
+
+    @property
+    def ws_url(self) -> str:
+        """WebSocket URL agents and livekit-sip connect to."""
+        return f"ws://{self.livekit_host}:{self.livekit_port}"
+
+    @property
+    def redis_address(self) -> tuple[str, int]:
+        return _split_hostport((self.livekit.get("redis") or {}).get("address"), "redis.address")
+
+    @property
+    def redis_password(self) -> str:
+        return str((self.livekit.get("redis") or {}).get("password") or "")
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        """Where callers send INVITEs (the announced address and SIP port)."""
+        host = self.sip.get("nat_1_to_1_ip") or self.sip.get("listen_ip") or "127.0.0.1"
+        return str(host), int(self.sip.get("sip_port") or 5060)
+
+    @property
+    def sip_health_port(self) -> int:
+        return int(self.sip.get("health_port") or 0)
+
+    @property
+    def telephony_path(self) -> Path:
+        return self.root / TELEPHONY_CONFIG
+
+
+def render_stack(
+    profile: Profile | str,
+    env: Mapping[str, str],
+    root: Path | None = None,
+) -> RenderedStack:
+    """Fill the shipped configs for ``profile`` from ``env``; raise :class:`ConfigError`.
+
+    For ``loopback``, addresses and ports come from :func:`loopback_env` and an API key pair is
+    generated when the environment has none.
+    """
+    profile = Profile(profile)
+    root = root or project_root()
+    values = dict(env)
+    if profile is Profile.LOOPBACK:
+        # Loopback addresses always win: a production .env must not leak into a test run.
+        values = {**values, **loopback_env()}
+        # The demo's caller: a "PBX" on loopback dialling the shipped trunk's number.
+        values.setdefault("PBX_ADDRESS", "127.0.0.1/32")
+        values.setdefault("PBX_NUMBER", "+15550100")
+        values.setdefault("LIVEKIT_API_KEY", "API" + secrets.token_hex(6))
+        values.setdefault("LIVEKIT_API_SECRET", secrets.token_urlsafe(36))
+    rendered: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    for name in (LIVEKIT_CONFIG, SIP_CONFIG):  # report problems of both files at once
+        try:
+            rendered[name] = substitute_tree(_read_yaml(root / name), values, name)
+        except ConfigError as err:
+            errors.append(str(err))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    livekit, sip = rendered[LIVEKIT_CONFIG], rendered[SIP_CONFIG]
+    if profile is Profile.LOOPBACK:
+        livekit = _merge(livekit, LOOPBACK_OVERRIDES[LIVEKIT_CONFIG])
+        sip = _merge(sip, LOOPBACK_OVERRIDES[SIP_CONFIG])
+    missing = [n for n in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not values.get(n)]
+    if missing:
+        raise ConfigError(
+            f"no value for {', '.join(missing)}: set them in the environment or in the "
+            "--env-file (see .env.example)"
+        )
+    return RenderedStack(
+        profile=profile,
+        root=root,
+        livekit=livekit,
+        sip=sip,
+        env=values,
+        api_key=values["LIVEKIT_API_KEY"],
+        api_secret=values["LIVEKIT_API_SECRET"],
+    )
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Paths of the files rendered into a run directory."""
+
+    run_dir: Path
+    livekit_config: Path
+    sip_config: Path
+    redis_config: Path
+    credentials: Path
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Rendered files can hold the Redis password: readable by the owner only (livekit-server
+    # also insists that key files are not world-readable).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def write_run_files(stack: RenderedStack, run_dir: Path) -> RunFiles:
+    """Write the rendered configs (and a credentials env file) into ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = f"# rendered by voicestack for profile {stack.profile.value}; do not edit\n"
+    files = RunFiles(
+        run_dir=run_dir,
+        livekit_config=run_dir / "livekit-server.yaml",
+        sip_config=run_dir / "sip-config.yaml",
+        redis_config=run_dir / "redis.conf",
+        credentials=run_dir / "credentials.env",
+    )
+    _write_private(files.livekit_config, header + yaml.safe_dump(stack.livekit, sort_keys=False))
+    _write_private(files.sip_config, header + yaml.safe_dump(stack.sip, sort_keys=False))
+    host, port = stack.redis_address
+    redis_lines = [
+        f"bind {host}",
+        f"port {port}",
+        "protected-mode yes",
+        'save ""',
+        "appendonly no",
+        f"dir {run_dir}",
+    ]
+    if stack.redis_password:
+        redis_lines.append(f'requirepass "{stack.redis_password}"')
+    _write_private(files.redis_config, "\n".join(redis_lines) + "\n")
+    # For the other tools of this run (agent, provision, tests): where and how to connect.
+    _write_private(
+        files.credentials,
+        f"LIVEKIT_URL={stack.ws_url}\nLIVEKIT_API_KEY={stack.api_key}\n"
+        f"LIVEKIT_API_SECRET={stack.api_secret}\n",
+    )
+    return files

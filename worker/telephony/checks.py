@@ -1,0 +1,217 @@
+"""``voicestack check-config``: every rule LiveKit does not enforce itself, in one place.
+
+Each ``check_*`` function takes already-rendered config (see :mod:`worker.stack.render`) and
+returns a list of problems as sentences an operator can act on; an empty list means the config
+passes. :func:`check_stack` runs them all for a profile and also loads the telephony config,
+whose own validators (:mod:`worker.config.telephony`) enforce the trunk/dispatch rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.config.loader import ConfigError
+from worker.config.stack import Profile
+from worker.config.telephony import TelephonyConfig, load_telephony
+from worker.stack.render import (
+    LIVEKIT_CONFIG,
+    SIP_CONFIG,
+    TELEPHONY_CONFIG,
+    RenderedStack,
+    render_stack,
+)
+from worker.telephony.sip_keys import unknown_keys
+
+__all__ = [
+    "CheckReport",
+    "check_api_keys",
+    "check_livekit_server",
+    "check_sip",
+    "check_stack",
+]
+
+MIN_SECRET_LENGTH = 32
+DEV_KEY = "devkey"
+
+
+def _ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(str(value).strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _local_endpoint_problem(what: str, hostport: str) -> str | None:
+    """None if ``hostport`` names a non-public IP; else why it could reach the internet."""
+    host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+    ip = _ip(host)
+    if ip is None:
+        return (
+            f"{what} {hostport!r} is a hostname: use an IP inside your network "
+            "(a name can resolve to a public server, and resolving it needs DNS)"
+        )
+    if ip.is_global:
+        return f"{what} {hostport!r} is a public address: the stack must not reach the internet"
+    return None
+
+
+def check_api_keys(keys: Mapping[str, str], profile: Profile, source: str) -> list[str]:
+    """API secrets of at least 32 characters, and no ``devkey`` outside the dev profile."""
+    problems: list[str] = []
+    if not keys:
+        problems.append(f"{source}: no API key configured (LIVEKIT_API_KEY/LIVEKIT_API_SECRET)")
+    if profile is Profile.DEV:
+        return problems
+    for key, secret in keys.items():
+        if key == DEV_KEY:
+            problems.append(
+                f"{source}: API key {DEV_KEY!r} is LiveKit's public development key; it is only "
+                "accepted with --profile dev"
+            )
+        if len(secret) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"{source}: the secret of API key {key!r} has {len(secret)} characters; at least "
+                f"{MIN_SECRET_LENGTH} are required (livekit-server only logs this, we refuse)"
+            )
+    return problems
+
+
+def check_livekit_server(conf: Mapping[str, Any]) -> list[str]:
+    """Production shape of livekit-server's config: no dev mode, zero outbound connections."""
+    src = LIVEKIT_CONFIG
+    problems: list[str] = []
+    if conf.get("development"):
+        problems.append(
+            f"{src}: development: true enables the public devkey/secret pair and debug "
+            "endpoints; never ship it"
+        )
+    if not conf.get("bind_addresses"):
+        problems.append(f"{src}: bind_addresses is empty: name the address(es) to listen on")
+    rtc = conf.get("rtc") or {}
+    if rtc.get("use_external_ip"):
+        problems.append(
+            f"{src}: rtc.use_external_ip: true makes livekit-server ask public STUN servers for "
+            "its address; set it to false and give rtc.node_ip"
+        )
+    node_ip = rtc.get("node_ip")
+    if not node_ip:
+        problems.append(
+            f"{src}: rtc.node_ip is not set: livekit-server would discover it through public "
+            "STUN servers"
+        )
+    elif any(_ip(part) is None for part in str(node_ip).split(",")):
+        problems.append(f"{src}: rtc.node_ip {node_ip!r} is not an IP address")
+    stun = rtc.get("stun_servers") or []
+    if not stun:
+        problems.append(
+            f"{src}: rtc.stun_servers is empty: livekit-server then tells every client to use "
+            "Google's and Twilio's public STUN servers; list a STUN server inside your network"
+        )
+    for entry in stun:
+        problem = _local_endpoint_problem("rtc.stun_servers entry", str(entry))
+        if problem:
+            problems.append(f"{src}: {problem}")
+    for turn in rtc.get("turn_servers") or []:
+        problem = _local_endpoint_problem("rtc.turn_servers host", str(turn.get("host", "")))
+        if problem:
+            problems.append(f"{src}: {problem}")
+    for url in (conf.get("webhook") or {}).get("urls") or []:
+        problem = _local_endpoint_problem("webhook url host", urlsplit(str(url)).hostname or "")
+        if problem:
+            problems.append(f"{src}: {problem}")
+    if not (conf.get("redis") or {}).get("address"):
+        problems.append(f"{src}: redis.address is not set: livekit-sip needs redis")
+    if conf.get("keys"):
+        problems.append(
+            f"{src}: keys belong in the environment (LIVEKIT_API_KEY/LIVEKIT_API_SECRET), not "
+            "in the config file"
+        )
+    return problems
+
+
+def check_sip(conf: Mapping[str, Any]) -> list[str]:
+    """livekit-sip's config: only keys it knows, and nothing that reaches the internet."""
+    src = SIP_CONFIG
+    problems = [
+        f"{src}: unknown key {path!r}: livekit-sip would silently ignore it "
+        "(logging is `logging: {level: ...}`)"
+        for path in unknown_keys(conf)
+    ]
+    for key in ("use_external_ip", "media_use_external_ip"):
+        if conf.get(key):
+            problems.append(
+                f"{src}: {key}: true makes livekit-sip ask public STUN servers for its address; "
+                "set nat_1_to_1_ip instead"
+            )
+    nat = conf.get("nat_1_to_1_ip")
+    if not nat:
+        problems.append(
+            f"{src}: nat_1_to_1_ip is not set: the address announced in SIP/SDP would be guessed "
+            "from the first network interface"
+        )
+    elif _ip(nat) is None:
+        problems.append(f"{src}: nat_1_to_1_ip {nat!r} is not an IP address")
+    if conf.get("media_nat_1_to_1_ip") and _ip(conf["media_nat_1_to_1_ip"]) is None:
+        problems.append(f"{src}: media_nat_1_to_1_ip is not an IP address")
+    if not (conf.get("redis") or {}).get("address"):
+        problems.append(f"{src}: redis.address is required (livekit-sip refuses to start)")
+    if not conf.get("ws_url"):
+        problems.append(f"{src}: ws_url is required (the LiveKit server to join rooms on)")
+    if conf.get("jaeger_url"):
+        problem = _local_endpoint_problem(
+            "jaeger_url host", urlsplit(str(conf["jaeger_url"])).hostname or ""
+        )
+        if problem:
+            problems.append(f"{src}: {problem}")
+    return problems
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_stack`: problems found and, if it loaded, the telephony config."""
+
+    problems: list[str] = field(default_factory=list)
+    stack: RenderedStack | None = None
+    telephony: TelephonyConfig | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_stack(
+    profile: Profile | str,
+    env: Mapping[str, str],
+    root: Path | None = None,
+    telephony_path: Path | None = None,
+) -> CheckReport:
+    """Render and check every config for ``profile``; collect all problems (never stop at one)."""
+    profile = Profile(profile)
+    report = CheckReport()
+    try:
+        stack = render_stack(profile, env, root)
+    except ConfigError as err:
+        report.problems.append(str(err))
+        return report
+    report.stack = stack
+    report.problems += check_livekit_server(stack.livekit)
+    report.problems += check_sip(stack.sip)
+    keys = {stack.api_key: stack.api_secret}
+    report.problems += check_api_keys(keys, profile, "LIVEKIT_API_KEY/LIVEKIT_API_SECRET")
+    for field_name in ("api_key", "api_secret"):
+        if stack.sip.get(field_name):
+            report.problems.append(
+                f"{SIP_CONFIG}: {field_name} belongs in the environment (LIVEKIT_API_KEY/"
+                "LIVEKIT_API_SECRET), not in the config file"
+            )
+    path = telephony_path or (stack.root / TELEPHONY_CONFIG)
+    try:
+        report.telephony = load_telephony(path, stack.env)
+    except ConfigError as err:
+        report.problems.append(str(err))
+    return report

@@ -1,0 +1,115 @@
+"""``voicestack check-config`` and ``voicestack provision``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from worker.config.loader import ConfigError
+from worker.config.stack import Profile, merged_env
+from worker.telephony.checks import CheckReport, check_stack
+
+__all__ = ["add_common_arguments", "register", "run_checks"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--profile``, ``--env-file`` and ``--root``, shared by the stack commands."""
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default=Profile.PROD.value,
+        help="prod (default): values from the environment; dev: devkey tolerated; "
+        "loopback: 127.0.0.1 and free ports",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="KEY=value file with the configs' ${VAR} values (the environment overrides it)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="directory holding livekit-server.yaml, sip-config.yaml and config/ "
+        "(default: the checkout)",
+    )
+
+
+def run_checks(args: argparse.Namespace) -> CheckReport:
+    """Load the env file and run every check; a broken env file is reported as a problem."""
+    try:
+        env = merged_env(args.env_file)
+    except ConfigError as err:
+        return CheckReport(problems=[str(err)])
+    telephony = getattr(args, "telephony", None)
+    return check_stack(args.profile, env, args.root, telephony)
+
+
+def _print_problems(report: CheckReport) -> None:
+    print(f"check-config: {len(report.problems)} problem(s):", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    report = run_checks(args)
+    if not report.ok:
+        _print_problems(report)
+        return 2
+    assert report.stack is not None and report.telephony is not None
+    tel = report.telephony
+    print(
+        f"check-config: OK (profile {args.profile}): livekit-server.yaml, sip-config.yaml, "
+        f"telephony ({len(tel.trunks)} trunk(s), {len(tel.dispatch_rules)} dispatch rule(s), "
+        f"agent {tel.agent_name!r})"
+    )
+    return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    # Imported here: livekit-api pulls in aiohttp/protobuf, which check-config does not need.
+    from worker.telephony.provision import ProvisionError, provision
+
+    report = run_checks(args)
+    if not report.ok:
+        _print_problems(report)
+        print("provision: nothing changed (fix the config first)", file=sys.stderr)
+        return 2
+    assert report.stack is not None and report.telephony is not None
+    url = args.url or report.stack.livekit_url
+    try:
+        result = asyncio.run(
+            provision(report.telephony, url, report.stack.api_key, report.stack.api_secret)
+        )
+    except ProvisionError as err:
+        print(f"provision: {err}", file=sys.stderr)
+        return 1
+    for line in result.summary_lines():
+        print(f"provision: {line}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``check-config`` and ``provision`` to the ``voicestack`` command line."""
+    check = subparsers.add_parser(
+        "check-config",
+        help="validate livekit-server.yaml, sip-config.yaml and config/telephony.yaml",
+    )
+    add_common_arguments(check)
+    check.add_argument("--telephony", type=Path, default=None, help="telephony config to check")
+    check.set_defaults(func=_check_config)
+
+    prov = subparsers.add_parser(
+        "provision",
+        help="create/update the SIP trunks and dispatch rules in LiveKit (idempotent)",
+    )
+    add_common_arguments(prov)
+    prov.add_argument("--telephony", type=Path, default=None, help="telephony config to apply")
+    prov.add_argument(
+        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
+    )
+    prov.set_defaults(func=_provision)

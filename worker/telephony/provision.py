@@ -1,0 +1,214 @@
+"""Idempotent provisioning of inbound SIP trunks and dispatch rules through ``livekit-api``.
+
+Trunks and rules are matched with what LiveKit already has **by name**: missing ones are
+created, changed ones are replaced in place (``UpdateSIPInboundTrunk``/``UpdateSIPDispatchRule``
+with a full replacement, which keeps their IDs), identical ones are left untouched. Running
+it twice changes nothing. Objects that exist in LiveKit but not in our config are reported,
+never deleted: another tool may own them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from google.protobuf.duration_pb2 import Duration
+from livekit import api
+
+from worker.config.telephony import DispatchRuleConfig, InboundTrunkConfig, TelephonyConfig
+
+__all__ = [
+    "ProvisionError",
+    "ProvisionResult",
+    "desired_dispatch_rule",
+    "desired_trunk",
+    "provision",
+]
+
+
+class ProvisionError(RuntimeError):
+    """LiveKit refused or could not be reached; the message says which object and why."""
+
+
+@dataclass
+class ProvisionResult:
+    """What :func:`provision` did, by object name; IDs map names to LiveKit IDs."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    unmanaged: list[str] = field(default_factory=list)
+    trunk_ids: dict[str, str] = field(default_factory=dict)
+    rule_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"{verb}: {', '.join(names)}"
+            for verb, names in (
+                ("created", self.created),
+                ("updated", self.updated),
+                ("unchanged", self.unchanged),
+            )
+            if names
+        ]
+        if self.unmanaged:
+            lines.append(f"left alone (in LiveKit, not in our config): {', '.join(self.unmanaged)}")
+        return lines or ["nothing to do"]
+
+
+def _duration(seconds: float) -> Duration:
+    whole = int(seconds)
+    return Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+
+
+def desired_trunk(cfg: InboundTrunkConfig) -> api.SIPInboundTrunkInfo:
+    """The LiveKit inbound trunk our config asks for (without ID)."""
+    return api.SIPInboundTrunkInfo(
+        name=cfg.name,
+        numbers=list(cfg.numbers),
+        allowed_addresses=list(cfg.allowed_addresses),
+        allowed_numbers=list(cfg.allowed_numbers),
+        auth_username=cfg.auth_username or "",
+        auth_password=cfg.auth_password or "",
+        ringing_timeout=_duration(cfg.ringing_timeout_s),
+        max_call_duration=_duration(cfg.max_call_duration_s),
+    )
+
+
+def desired_dispatch_rule(
+    cfg: DispatchRuleConfig, trunk_ids: list[str], agent_name: str
+) -> api.SIPDispatchRuleInfo:
+    """The LiveKit dispatch rule our config asks for: one room per call, our agent in it."""
+    if not trunk_ids:  # the config validators make this unreachable; never send such a rule
+        raise ProvisionError(
+            f"dispatch rule {cfg.name!r}: refusing to create a rule without trunks"
+        )
+    return api.SIPDispatchRuleInfo(
+        name=cfg.name,
+        trunk_ids=sorted(trunk_ids),
+        rule=api.SIPDispatchRule(
+            dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix=cfg.room_prefix)
+        ),
+        room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=agent_name)]),
+    )
+
+
+# The fields we manage; everything else (IDs, timestamps, server-side defaults) is ignored
+# when deciding whether an existing object already matches.
+_TRUNK_FIELDS = (
+    "name",
+    "numbers",
+    "allowed_addresses",
+    "allowed_numbers",
+    "auth_username",
+    "auth_password",
+    "ringing_timeout",
+    "max_call_duration",
+)
+_RULE_FIELDS = ("name", "trunk_ids", "rule", "room_config")
+
+
+def _projection(msg: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(msg, name)
+        if hasattr(value, "SerializeToString"):
+            out[name] = value.SerializeToString(deterministic=True)
+        elif not isinstance(value, str | bytes | int | float | bool):
+            out[name] = sorted(value)  # repeated scalar fields: order carries no meaning
+        else:
+            out[name] = value
+    return out
+
+
+def _by_name(items: Any, kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in items:
+        if item.name in found:
+            raise ProvisionError(
+                f"LiveKit holds two {kind}s named {item.name!r}; remove one by hand "
+                "(provisioning matches by name)"
+            )
+        found[item.name] = item
+    return found
+
+
+async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResult) -> None:
+    trunks = _by_name(
+        (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items, "inbound trunk"
+    )
+    for trunk_cfg in cfg.trunks:
+        want = desired_trunk(trunk_cfg)
+        have = trunks.get(trunk_cfg.name)
+        label = f"trunk {trunk_cfg.name}"
+        if have is None:
+            made = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=want))
+            result.created.append(label)
+            result.trunk_ids[trunk_cfg.name] = made.sip_trunk_id
+        elif _projection(have, _TRUNK_FIELDS) != _projection(want, _TRUNK_FIELDS):
+            await lk.sip.update_inbound_trunk(have.sip_trunk_id, want)
+            result.updated.append(label)
+            result.trunk_ids[trunk_cfg.name] = have.sip_trunk_id
+        else:
+            result.unchanged.append(label)
+            result.trunk_ids[trunk_cfg.name] = have.sip_trunk_id
+    wanted_trunks = {t.name for t in cfg.trunks}
+    result.unmanaged += [f"trunk {n}" for n in sorted(trunks) if n not in wanted_trunks]
+
+    rules = _by_name(
+        (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items, "dispatch rule"
+    )
+    for rule_cfg in cfg.dispatch_rules:
+        want_rule = desired_dispatch_rule(
+            rule_cfg, [result.trunk_ids[t] for t in rule_cfg.trunks], cfg.agent_name
+        )
+        have_rule = rules.get(rule_cfg.name)
+        label = f"dispatch rule {rule_cfg.name}"
+        if have_rule is None:
+            made_rule = await lk.sip.create_dispatch_rule(
+                api.CreateSIPDispatchRuleRequest(dispatch_rule=want_rule)
+            )
+            result.created.append(label)
+            result.rule_ids[rule_cfg.name] = made_rule.sip_dispatch_rule_id
+        elif _projection(have_rule, _RULE_FIELDS) != _projection(want_rule, _RULE_FIELDS):
+            await lk.sip.update_dispatch_rule(have_rule.sip_dispatch_rule_id, want_rule)
+            result.updated.append(label)
+            result.rule_ids[rule_cfg.name] = have_rule.sip_dispatch_rule_id
+        else:
+            result.unchanged.append(label)
+            result.rule_ids[rule_cfg.name] = have_rule.sip_dispatch_rule_id
+    wanted_rules = {r.name for r in cfg.dispatch_rules}
+    result.unmanaged += [f"dispatch rule {n}" for n in sorted(rules) if n not in wanted_rules]
+
+
+async def provision(
+    cfg: TelephonyConfig, url: str, api_key: str, api_secret: str, timeout_s: float = 10.0
+) -> ProvisionResult:
+    """Make LiveKit's inbound trunks and dispatch rules match ``cfg``; return what changed.
+
+    Raises :class:`ProvisionError` when LiveKit is unreachable or refuses a request (e.g.
+    "sip not connected (redis required)" when the server runs without redis).
+    """
+    result = ProvisionResult()
+    # failover=False: never let the client look for LiveKit Cloud regions.
+    lk = api.LiveKitAPI(
+        url, api_key, api_secret, timeout=aiohttp.ClientTimeout(total=timeout_s), failover=False
+    )
+    try:
+        await _apply(lk, cfg, result)
+    except api.TwirpError as err:
+        raise ProvisionError(
+            f"LiveKit at {url} refused the request: {err.code}: {err.message}"
+        ) from None
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise ProvisionError(
+            f"cannot reach LiveKit at {url}: {err or type(err).__name__}"
+        ) from None
+    finally:
+        await lk.aclose()
+    return result
