@@ -1,0 +1,177 @@
+"""One WebSocket stream to the inference server (docs/inference-protocol.md), shared by the
+STT, LLM and TTS plugins.
+
+The server speaks one stream per connection; this module opens it, maps the protocol's error
+frames and transport failures onto livekit-agents' ``APIError`` family (so the framework's
+retry logic does the right thing), and closes the socket on every exit path: closing the
+socket is how a cancelled stream reaches the engine and frees its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
+
+__all__ = ["InferenceClient", "InferenceStream", "ServerError", "StreamMessage"]
+
+# Error codes of the protocol mapped to an HTTP-like status, so that APIStatusError decides
+# retryability the way livekit-agents expects: 4xx are the client's fault (never retried),
+# 503 means "try again" (models loading), 500 is an engine failure (a fresh stream may work).
+_ERROR_STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "unknown_op": 400,
+    "payload_too_large": 413,
+    "overloaded": 429,
+    "not_ready": 503,
+    "internal": 500,
+}
+
+
+class ServerError(APIStatusError):
+    """The inference server sent an ``error`` frame; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        status = _ERROR_STATUS.get(code, 500)
+        # "overloaded" means the server is at capacity: retrying the same server right away
+        # only adds load, so it is final for this stream (the worker's load report stops
+        # new dispatches instead).
+        retryable = code in ("not_ready", "internal")
+        super().__init__(
+            f"inference server error {code}: {message}",
+            status_code=status,
+            body={"code": code, "message": message},
+            retryable=retryable,
+        )
+        self.code = code
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """One frame from the server: a JSON object (``data``) or audio bytes (``audio``)."""
+
+    data: dict[str, Any] | None = None
+    audio: bytes | None = None
+
+
+class InferenceStream:
+    """An open stream: send JSON or audio, iterate server frames. Use ``async with``."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send_json(self, obj: dict[str, Any]) -> None:
+        """Send one JSON text frame; a vanished server raises ``APIConnectionError``."""
+        try:
+            await self._ws.send_str(json.dumps(obj))
+        except (aiohttp.ClientError, ConnectionError) as err:
+            raise APIConnectionError(f"inference server connection lost: {err}") from err
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Send one binary frame of PCM s16le mono."""
+        try:
+            await self._ws.send_bytes(pcm)
+        except (aiohttp.ClientError, ConnectionError) as err:
+            raise APIConnectionError(f"inference server connection lost: {err}") from err
+
+    async def messages(self) -> AsyncIterator[StreamMessage]:
+        """Server frames until the server closes the stream.
+
+        An ``error`` frame raises :class:`ServerError`; a socket that closes abnormally raises
+        ``APIConnectionError``. A normal close after the stream's final frame just ends the
+        iteration: callers check they saw ``done``.
+        """
+        async for msg in self._ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    data = json.loads(msg.data)
+                except json.JSONDecodeError as err:
+                    raise APIError(f"inference server sent invalid JSON: {err}") from err
+                if not isinstance(data, dict):
+                    raise APIError("inference server sent a non-object JSON frame")
+                if data.get("type") == "error":
+                    raise ServerError(str(data.get("code", "")), str(data.get("message", "")))
+                yield StreamMessage(data=data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                yield StreamMessage(audio=bytes(msg.data))
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                raise APIConnectionError(f"inference server stream failed: {self._ws.exception()}")
+            else:  # CLOSE / CLOSING / CLOSED
+                break
+
+    async def aclose(self) -> None:
+        """Close the socket (the server treats it as a cancellation if the stream is live)."""
+        if not self._ws.closed:
+            await self._ws.close()
+
+    async def __aenter__(self) -> InferenceStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Shield the close so that a cancelled caller still tells the server to stop the work;
+        # the CancelledError itself propagates unchanged.
+        await asyncio.shield(self.aclose())
+
+
+class InferenceClient:
+    """Opens streams to one inference server. One instance per plugin; ``aclose`` when done.
+
+    ``base_url`` is ``http://host:port``; the stream endpoint is ``/v1/stream``.
+    """
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 5.0) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"inference server URL must start with http:// or https://: {base_url!r}"
+            )
+        self._base_url = base_url.rstrip("/")
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # trust_env=False: never route loopback inference traffic through a proxy.
+            self._session = aiohttp.ClientSession(trust_env=False)
+        return self._session
+
+    async def open(
+        self, start: dict[str, Any], *, connect_timeout: float | None = None
+    ) -> InferenceStream:
+        """Connect and send the start frame ``start`` (which carries ``op`` and ``call_id``)."""
+        url = self._base_url + "/v1/stream"
+        try:
+            ws = await asyncio.wait_for(
+                self._http().ws_connect(url, max_msg_size=16 * 1024 * 1024, heartbeat=None),
+                timeout=connect_timeout if connect_timeout is not None else self._connect_timeout,
+            )
+        except TimeoutError as err:
+            raise APITimeoutError(f"inference server at {url} did not accept in time") from err
+        except aiohttp.WSServerHandshakeError as err:
+            raise APIStatusError(
+                f"inference server at {url} refused the stream: HTTP {err.status}",
+                status_code=err.status,
+            ) from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise APIConnectionError(f"cannot reach the inference server at {url}: {err}") from err
+        stream = InferenceStream(ws)
+        try:
+            await stream.send_json(start)
+        except BaseException:
+            await asyncio.shield(stream.aclose())
+            raise
+        return stream
+
+    async def aclose(self) -> None:
+        """Close the HTTP session; open streams are closed with it."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,143 @@
+"""``voicestack agent start``: the livekit-agents worker in production mode.
+
+Production mode (not ``dev``) so that SIGTERM drains: the worker stops taking calls, lets live
+calls finish (up to ``drain_timeout_s``), then exits. LiveKit's URL and keys come from the
+standard ``LIVEKIT_URL`` / ``LIVEKIT_API_KEY`` / ``LIVEKIT_API_SECRET`` variables or flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from worker.config.agent import AgentConfig, load_agent_config
+from worker.config.loader import ConfigError
+
+if TYPE_CHECKING:
+    from livekit.agents import AgentServer
+
+__all__ = ["build_server", "pin_threads_env", "register", "serve"]
+
+logger = logging.getLogger("voicestack.agent")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "agent.yaml"
+
+
+def pin_threads_env(env: dict[str, str] | os._Environ[str]) -> None:
+    """Thread and preload settings every worker process must inherit (set before forking).
+
+    Two cores are shared by everything: pin OpenMP/BLAS pools to one thread, and skip the
+    forkserver's preload of livekit's ~244 MB end-of-turn model, which we do not use (turn
+    detection is VAD-based) and which can push job start past its timeout.
+    """
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(key, "1")
+    env["LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"] = "0"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_server(
+    cfg: AgentConfig, *, inference_url: str, http_host: str = "127.0.0.1"
+) -> AgentServer:
+    """An ``AgentServer`` for our entrypoint, reporting the inference server's load."""
+    from livekit.agents import AgentServer, JobExecutorType
+
+    from worker.agent.load import InferenceLoad
+    from worker.agent.session import entrypoint, prewarm
+
+    server = AgentServer(
+        job_executor_type=JobExecutorType.PROCESS,
+        load_fnc=InferenceLoad(inference_url, timeout=cfg.inference.capacity_timeout_s),
+        load_threshold=cfg.worker.load_threshold,
+        num_idle_processes=cfg.worker.num_idle_processes,
+        drain_timeout=cfg.worker.drain_timeout_s,
+        initialize_process_timeout=cfg.worker.initialize_process_timeout_s,
+        setup_fnc=prewarm,
+        host=http_host,
+        port=cfg.worker.http_port,
+    )
+    server.rtc_session(entrypoint, agent_name=cfg.worker.agent_name)
+    return server
+
+
+async def serve(cfg: AgentConfig, *, inference_url: str) -> int:
+    """Run the worker until SIGTERM/SIGINT, then drain live calls and exit (0 on success)."""
+    server = build_server(cfg, inference_url=inference_url)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    run_task = asyncio.create_task(server.run(devmode=False), name="agent-server")
+    stop_task = asyncio.create_task(stop.wait(), name="agent-stop")
+    status = 0
+    try:
+        done, _ = await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if run_task in done:
+            err = run_task.exception()
+            logger.error("agent worker stopped: %s", err or "run() returned")
+            return 1
+        logger.info("signal received: draining live calls (up to %ss)", cfg.worker.drain_timeout_s)
+        try:
+            await server.drain(timeout=cfg.worker.drain_timeout_s)
+        except TimeoutError:
+            logger.warning("drain timed out; closing with calls still live")
+            status = 1
+    finally:
+        stop_task.cancel()
+        await server.aclose()
+        if not run_task.done():
+            run_task.cancel()
+        await asyncio.gather(run_task, stop_task, return_exceptions=True)
+    return status
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from worker.agent.session import CONFIG_ENV, INFERENCE_URL_ENV
+
+    try:
+        cfg = load_agent_config(args.config)
+    except ConfigError as err:
+        logger.error("%s", err)
+        return 2
+    for flag, env in (
+        ("url", "LIVEKIT_URL"),
+        ("api_key", "LIVEKIT_API_KEY"),
+        ("api_secret", "LIVEKIT_API_SECRET"),
+    ):
+        value = getattr(args, flag)
+        if value:
+            os.environ[env] = value
+    missing = [
+        e for e in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(e)
+    ]
+    if missing:
+        logger.error(
+            "missing LiveKit settings: %s (flags --url/--api-key/--api-secret)", ", ".join(missing)
+        )
+        return 2
+    inference_url = args.inference_url or cfg.inference.url
+    # Job processes read these (they are forked after this point).
+    os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    os.environ[INFERENCE_URL_ENV] = inference_url
+    pin_threads_env(os.environ)
+    return asyncio.run(serve(cfg, inference_url=inference_url))
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``voicestack agent start``."""
+    agent = subparsers.add_parser("agent", help="the voice agent worker (livekit-agents)")
+    sub = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    start = sub.add_parser("start", help="run the worker; SIGTERM drains live calls")
+    start.add_argument("--config", default=str(DEFAULT_CONFIG), help="agent config (YAML)")
+    start.add_argument("--inference-url", default="", help="inference server, http://HOST:PORT")
+    start.add_argument("--url", default="", help="LiveKit server URL (or LIVEKIT_URL)")
+    start.add_argument("--api-key", default="", help="LiveKit API key (or LIVEKIT_API_KEY)")
+    start.add_argument(
+        "--api-secret", default="", help="LiveKit API secret (or LIVEKIT_API_SECRET)"
+    )
+    start.set_defaults(func=_cmd_start)

@@ -1,0 +1,106 @@
+"""Typed configuration of the agent worker (``config/agent.yaml``): the persona the caller
+hears, the inference server it talks to, turn handling, and the worker's process settings.
+
+Load it once with :func:`load_agent_config`; every section forbids unknown keys so a typo is an
+error that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from worker.config.loader import load_model
+
+__all__ = [
+    "AgentConfig",
+    "InferenceClientConfig",
+    "LLMSettings",
+    "PersonaConfig",
+    "TurnConfig",
+    "WorkerConfig",
+    "load_agent_config",
+]
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PersonaConfig(_Strict):
+    """Who the agent is: what it is told, what it says first, how and in which language."""
+
+    system_prompt: Annotated[str, Field(min_length=1)]
+    greeting: Annotated[str, Field(min_length=1)]
+    """Spoken as soon as the caller joins, before the caller says anything."""
+    language: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en"
+    voice: Annotated[str, Field(min_length=1)] = "en_US-joe-medium"
+    """The Piper voice the inference server must have loaded; the worker checks the sample rate
+    it announces (``voice_sample_rate``) on every TTS stream."""
+    voice_sample_rate: Annotated[int, Field(ge=8000, le=48000)] = 22050
+    speaking_rate: Annotated[float, Field(gt=0.25, le=4.0)] = 1.0
+
+
+class InferenceClientConfig(_Strict):
+    """Where the inference server is; ``voicestack agent start --inference-url`` overrides."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8765"
+    connect_timeout_s: Seconds = 5.0
+    capacity_timeout_s: Seconds = 0.4
+    """How long the load report waits for ``/v1/capacity`` before reporting full load."""
+
+
+class LLMSettings(_Strict):
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.6
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+
+
+class TurnConfig(_Strict):
+    """Local turn handling: VAD-based end of turn and VAD interruptions (no cloud models)."""
+
+    min_endpointing_delay_s: Annotated[float, Field(ge=0)] = 0.4
+    max_endpointing_delay_s: Seconds = 3.0
+    min_interruption_s: Annotated[float, Field(ge=0)] = 0.5
+    allow_interruptions: bool = True
+    vad_activation_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    vad_min_silence_s: Seconds = 0.35
+    vad_min_speech_s: Seconds = 0.05
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> Self:
+        if self.min_endpointing_delay_s > self.max_endpointing_delay_s:
+            raise ValueError("min_endpointing_delay_s must not exceed max_endpointing_delay_s")
+        return self
+
+
+class WorkerConfig(_Strict):
+    """livekit-agents worker process settings."""
+
+    agent_name: Annotated[str, Field(min_length=1)] = "voicestack-agent"
+    """Explicit dispatch name: dispatch rules and rooms name it in ``room_config.agents``."""
+    num_idle_processes: Annotated[int, Field(ge=0, le=64)] = 1
+    load_threshold: Annotated[float, Field(gt=0, le=1)] = 0.9
+    drain_timeout_s: Annotated[int, Field(ge=1)] = 3600
+    initialize_process_timeout_s: Seconds = 60.0
+    """Job processes import livekit-agents and load Silero; 10 s (the default) is too short
+    on a busy 2-core machine."""
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    """The worker's health server; 0 picks a free port."""
+
+
+class AgentConfig(_Strict):
+    persona: PersonaConfig
+    inference: InferenceClientConfig = InferenceClientConfig()
+    llm: LLMSettings = LLMSettings()
+    turn: TurnConfig = TurnConfig()
+    worker: WorkerConfig = WorkerConfig()
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read and validate ``config/agent.yaml`` (raises ``ConfigError`` naming file and key)."""
+    return load_model(path, AgentConfig)
