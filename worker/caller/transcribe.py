@@ -1,0 +1,50 @@
+"""Transcribe what the caller heard (and said) with our own STT: the inference server's STT
+stream through the same plugin the agent uses."""
+
+from __future__ import annotations
+
+from livekit import rtc
+from livekit.agents import APIConnectOptions
+
+from worker.agent.plugins import InferenceSTT
+from worker.caller.analysis import CallAnalysis, Segment
+from worker.caller.audio import Pcm, resample
+
+__all__ = ["transcribe_analysis", "transcribe_pcm"]
+
+STT_RATE = 16000
+
+
+async def transcribe_pcm(stt: InferenceSTT, samples: Pcm, rate: int) -> str:
+    """Final transcript of ``samples`` (any rate; resampled to 16 kHz)."""
+    pcm = resample(samples, rate, STT_RATE)
+    if len(pcm) == 0:
+        return ""
+    frame = rtc.AudioFrame(pcm.tobytes(), STT_RATE, 1, len(pcm))
+    event = await stt.recognize(frame, conn_options=APIConnectOptions(max_retry=1, timeout=30))
+    return event.alternatives[0].text if event.alternatives else ""
+
+
+def _cut(samples: Pcm, rate: int, seg: Segment, pad_s: float = 0.2) -> Pcm:
+    start = max(0, int((seg.start_s - pad_s) * rate))
+    end = min(len(samples), int((seg.end_s + pad_s) * rate))
+    return samples[start:end]
+
+
+async def transcribe_analysis(
+    analysis: CallAnalysis, recording: Pcm, rate: int, *, inference_url: str
+) -> None:
+    """Fill ``greeting_text`` and each turn's ``agent_text`` from the recording."""
+    stt = InferenceSTT(url=inference_url, interim_results=False, call_id="caller-analysis")
+    try:
+        if analysis.greeting is not None:
+            analysis.greeting_text = await transcribe_pcm(
+                stt, _cut(recording, rate, analysis.greeting), rate
+            )
+        for turn in analysis.turns:
+            if turn.answer is not None:
+                turn.agent_text = await transcribe_pcm(
+                    stt, _cut(recording, rate, turn.answer), rate
+                )
+    finally:
+        await stt.aclose()

@@ -1,0 +1,118 @@
+"""The caller's side of the scripted call: its utterances (spoken by espeak-ng, a different
+voice than the agent's Piper voice, so the two can never be confused in a transcript) laid out
+on one timeline with generous pauses for the agent's greeting and answers.
+
+Why one pre-built WAV and not live switching: baresip's ``aufile`` source plays one file from
+call answer, so the SIP caller cannot start the next file on cue. Both transports therefore play
+the same file from the moment the call is answered and record from that same moment; the
+analysis knows exactly when each utterance ended from this schedule.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worker.caller.audio import Pcm, read_wav, resample, write_wav
+
+__all__ = [
+    "DEFAULT_QUESTIONS",
+    "CallerScript",
+    "ScheduledUtterance",
+    "build_caller_script",
+    "speak_espeak",
+]
+
+DEFAULT_QUESTIONS: tuple[str, ...] = (
+    "Hi, what are your opening hours?",
+    "Can you help me change my delivery address?",
+    "Okay, thank you very much.",
+)
+
+ESPEAK_VOICE = "en-us+f3"  # a female espeak voice; the agent speaks with Piper "joe" (male)
+
+
+@dataclass(frozen=True)
+class ScheduledUtterance:
+    """One caller utterance on the call timeline (seconds from call answer)."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class CallerScript:
+    """The caller WAV and where each utterance sits in it."""
+
+    wav: Path
+    sample_rate: int
+    utterances: tuple[ScheduledUtterance, ...]
+    duration_s: float
+
+
+def speak_espeak(text: str, rate: int, *, voice: str = ESPEAK_VOICE) -> Pcm:
+    """Synthesize ``text`` with espeak-ng, trimmed of leading/trailing silence, at ``rate`` Hz."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise FileNotFoundError("espeak-ng is not installed (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "u.wav"
+        proc = subprocess.run(
+            [exe, "-v", voice, "-s", "150", "-w", str(out), text],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"espeak-ng failed for {text!r}: {proc.stderr.strip()}")
+        samples, src_rate = read_wav(out)
+    samples = _trim(samples)
+    return resample(samples, src_rate, rate)
+
+
+def _trim(samples: Pcm, threshold: int = 300) -> Pcm:
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    if len(loud) == 0:
+        raise RuntimeError("espeak-ng produced silence")
+    return samples[loud[0] : loud[-1] + 1]
+
+
+def build_caller_script(
+    out_dir: Path,
+    *,
+    questions: tuple[str, ...] = DEFAULT_QUESTIONS,
+    sample_rate: int = 16000,
+    greeting_wait_s: float = 9.0,
+    answer_wait_s: float = 14.0,
+) -> CallerScript:
+    """Write ``caller.wav`` into ``out_dir``: silence for the greeting, then each question
+    followed by ``answer_wait_s`` of silence for the agent's answer."""
+    if not questions:
+        raise ValueError("the caller needs at least one question")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts: list[Pcm] = [np.zeros(int(greeting_wait_s * sample_rate), dtype=np.int16)]
+    cursor = greeting_wait_s
+    schedule: list[ScheduledUtterance] = []
+    for text in questions:
+        speech = speak_espeak(text, sample_rate)
+        start = cursor
+        cursor += len(speech) / sample_rate
+        schedule.append(ScheduledUtterance(text=text, start_s=start, end_s=cursor))
+        parts += [speech, np.zeros(int(answer_wait_s * sample_rate), dtype=np.int16)]
+        cursor += answer_wait_s
+    samples = np.concatenate(parts)
+    wav = out_dir / "caller.wav"
+    write_wav(wav, samples, sample_rate)
+    return CallerScript(
+        wav=wav,
+        sample_rate=sample_rate,
+        utterances=tuple(schedule),
+        duration_s=len(samples) / sample_rate,
+    )
