@@ -13,7 +13,12 @@ __all__ = ["build_parser", "main"]
 
 # Each module defines ``register(subparsers: argparse._SubParsersAction) -> None``; the parsers it
 # adds call ``set_defaults(func=handler)`` where ``handler(args) -> int`` is the exit status.
-COMMAND_MODULES: tuple[str, ...] = ("worker.telephony.cli", "worker.agent.runner")
+COMMAND_MODULES: tuple[str, ...] = (
+    "worker.telephony.cli",
+    "worker.stack.cli",
+    "worker.agent.runner",
+    "worker.inference.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

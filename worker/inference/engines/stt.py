@@ -45,13 +45,14 @@ class SttEngine:
             local_files_only=True,
         )
 
-    def transcribe(self, audio: np.ndarray) -> str:
-        """Transcribe 16 kHz mono float32 audio; returns the text ('' for silence or no audio)."""
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> str:
+        """Transcribe 16 kHz mono float32 audio; returns the text ('' for silence or no audio).
+        ``language`` overrides the configured one for this call."""
         if audio.size == 0:
             return ""
         segments, _info = self._model.transcribe(
             audio.astype(np.float32, copy=False),
-            language=self.language,
+            language=language or self.language,
             beam_size=1,
             without_timestamps=True,
             # One greedy pass: temperature fallback would re-decode slow utterances several times.

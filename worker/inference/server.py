@@ -1,0 +1,191 @@
+"""The inference server's aiohttp application: health, readiness, metrics, capacity, and the
+``/v1/stream`` WebSocket (one stream per connection, see docs/inference-protocol.md).
+
+The event loop only moves frames; models live in the engine threads of :class:`EngineSet`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from worker.config.inference import InferenceConfig, ResolvedModels
+from worker.inference.jobs import EngineSet
+from worker.inference.llm_stream import run_llm_stream
+from worker.inference.metrics import InferenceMetrics
+from worker.inference.protocol import (
+    ErrorCode,
+    LlmStart,
+    StartMessage,
+    StreamError,
+    SttStart,
+    error_frame,
+    parse_start,
+)
+from worker.inference.runtime import EngineNotReady, Overloaded
+from worker.inference.stream_io import ClientGone, StreamContext
+from worker.inference.stt_stream import run_stt_stream
+from worker.inference.tts_stream import run_tts_stream
+
+__all__ = ["InferenceServer", "build_app"]
+
+log = logging.getLogger(__name__)
+
+OPS = ("stt", "llm", "tts")
+_START_TIMEOUT_S = 10.0
+_HEARTBEAT_S = 15.0  # detects clients that vanished without closing
+
+
+class InferenceServer:
+    """State shared by all streams of one server: engines, metrics, admission counters."""
+
+    def __init__(
+        self, config: InferenceConfig, models: ResolvedModels, engines: EngineSet | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = InferenceMetrics()
+        self.engines = engines or EngineSet(
+            config, models, observer=self.metrics, on_llm_tokens=self.metrics.llm_tokens.inc
+        )
+        self.active: dict[str, int] = dict.fromkeys(OPS, 0)
+        self._ids = itertools.count(1)
+        limits = config.limits
+        self._max_streams = {
+            "stt": limits.max_streams_stt,
+            "llm": limits.max_streams_llm,
+            "tts": limits.max_streams_tts,
+        }
+
+    # -- capacity -------------------------------------------------------------------------------
+    def capacity(self) -> dict[str, Any]:
+        """Load in 0..1: the fullest of stream slots and engine queues."""
+        ratios = [self.active[op] / self._max_streams[op] for op in OPS]
+        ratios += [r.queue_depth / self.config.limits.max_queue for r in self.engines.runners]
+        load = min(1.0, max(ratios))
+        return {
+            "load": round(load, 4),
+            "active_streams": dict(self.active),
+            "accepting": self.engines.ready and load < 1.0,
+        }
+
+    # -- HTTP handlers --------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reason = self.engines.not_ready_reason()
+        if reason is None:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": reason}, status=503)
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    async def capacity_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self.capacity())
+
+    async def stream_handler(self, request: web.Request) -> web.WebSocketResponse:
+        limits = self.config.limits
+        # aiohttp itself refuses (close 1009) frames beyond twice our limit, so an oversized
+        # frame is never buffered whole; between the limit and that, we answer with our error.
+        ws = web.WebSocketResponse(
+            max_msg_size=2 * max(limits.max_audio_frame_bytes, limits.max_text_frame_bytes),
+            heartbeat=_HEARTBEAT_S,
+        )
+        await ws.prepare(request)
+        stream_id = f"s{next(self._ids)}"
+        ctx = StreamContext(ws, self.engines, self.config, self.metrics, stream_id)
+        op = "unknown"
+        outcome = "ok"
+        admitted = False
+        try:
+            start = await self._read_start(ctx)
+            op = start.op
+            self._admit(op)
+            admitted = True
+            self.metrics.active_streams.labels(op).inc()
+            if isinstance(start, SttStart):
+                await run_stt_stream(ctx, start)
+            elif isinstance(start, LlmStart):
+                await run_llm_stream(ctx, start)
+            else:
+                await run_tts_stream(ctx, start)
+        except StreamError as err:
+            outcome = err.code.value
+            log.info("stream %s (%s): %s: %s", stream_id, op, err.code.value, err.message)
+            await _try_send_error(ctx, err.code, err.message)
+        except ClientGone as err:
+            outcome = "cancelled"
+            log.debug("stream %s (%s): %s", stream_id, op, err)
+        except (EngineNotReady, Overloaded) as err:
+            code = ErrorCode.NOT_READY if isinstance(err, EngineNotReady) else ErrorCode.OVERLOADED
+            outcome = code.value
+            await _try_send_error(ctx, code, str(err))
+        except Exception as err:
+            outcome = ErrorCode.INTERNAL.value
+            log.exception("stream %s (%s) failed", stream_id, op)
+            await _try_send_error(ctx, ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
+        finally:
+            if admitted:
+                self.active[op] -= 1
+                self.metrics.active_streams.labels(op).dec()
+            self.metrics.requests.labels(op, outcome).inc()
+            await ws.close()
+        return ws
+
+    async def _read_start(self, ctx: StreamContext) -> StartMessage:
+        try:
+            frame = await asyncio.wait_for(ctx.receive(), _START_TIMEOUT_S)
+        except TimeoutError:
+            raise StreamError(
+                ErrorCode.BAD_REQUEST, f"no start frame within {_START_TIMEOUT_S:g} s"
+            ) from None
+        if frame is None:
+            raise ClientGone("client left before starting a stream")
+        if isinstance(frame, bytes):
+            raise StreamError(ErrorCode.BAD_REQUEST, "the first frame must be a JSON text frame")
+        return parse_start(frame)
+
+    def _admit(self, op: str) -> None:
+        reason = self.engines.not_ready_reason()
+        if reason is not None:
+            raise StreamError(ErrorCode.NOT_READY, f"models not ready: {reason}")
+        if self.active[op] >= self._max_streams[op]:
+            raise StreamError(
+                ErrorCode.OVERLOADED,
+                f"{self._max_streams[op]} {op} streams already open; retry elsewhere",
+            )
+        self.active[op] += 1
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def on_startup(self, app: web.Application) -> None:
+        self.engines.start()
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        await asyncio.to_thread(self.engines.stop)
+
+
+async def _try_send_error(ctx: StreamContext, code: ErrorCode, message: str) -> None:
+    try:
+        await ctx.send_json(error_frame(code, message))
+    except ClientGone:
+        pass  # nobody left to tell
+
+
+def build_app(server: InferenceServer) -> web.Application:
+    """The aiohttp application; engines start loading when the app starts."""
+    app = web.Application()
+    app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readyz)
+    app.router.add_get("/metrics", server.metrics_handler)
+    app.router.add_get("/v1/capacity", server.capacity_handler)
+    app.router.add_get("/v1/stream", server.stream_handler)
+    app.on_startup.append(server.on_startup)
+    app.on_shutdown.append(server.on_shutdown)
+    return app

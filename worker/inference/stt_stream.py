@@ -1,0 +1,203 @@
+"""The ``stt`` stream: audio in while the caller speaks, interim transcripts out, a final
+transcript per flush.
+
+Interims are slack work and coalesced: at most one in flight per stream, at most one per
+``interim_interval_ms``, always on the newest audio; a result for an utterance that has been
+flushed since is dropped (by segment identity, not by timing). Finals are critical work and are
+sent in order by one task, while the reader keeps receiving the next utterance's audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from worker.inference.jobs import SttJob
+from worker.inference.protocol import ErrorCode, StreamError, SttStart, parse_control
+from worker.inference.runtime import Overloaded, Work, WorkState
+from worker.inference.stream_io import ClientGone, StreamContext, cancel_and_wait
+
+__all__ = ["run_stt_stream"]
+
+log = logging.getLogger(__name__)
+
+_CONTROL = frozenset({"flush", "end_input", "cancel"})
+_BYTES_PER_S = 16_000 * 2
+_MIN_INTERIM_BYTES = _BYTES_PER_S // 4  # Whisper says little useful about < 250 ms
+_MAX_PENDING_FINALS = 4
+
+
+@dataclass(frozen=True)
+class _Final:
+    segment: int
+    pcm: bytes
+    flushed_at: float
+
+
+class _SttStream:
+    def __init__(self, ctx: StreamContext, start: SttStart) -> None:
+        self.ctx = ctx
+        self.start = start
+        self.buffer = bytearray()
+        self.segment = 0  # index of the utterance being received
+        self.max_bytes = int(ctx.config.limits.max_utterance_s * _BYTES_PER_S)
+        self.interval_s = ctx.config.stt.interim_interval_ms / 1000
+        self.last_interim_at = 0.0
+        self.interim_bytes = 0  # buffer length the last interim covered
+        self.interim_task: asyncio.Task[None] | None = None
+        self.interim_work: Work[SttJob, str] | None = None
+        self.finals: asyncio.Queue[_Final | None] = asyncio.Queue(maxsize=_MAX_PENDING_FINALS)
+        self.final_work: Work[SttJob, str] | None = None
+
+    # -- interims ---------------------------------------------------------------------------
+    def maybe_interim(self) -> None:
+        if not self.start.interim or self.interim_task is not None:
+            return  # coalescing: the one in flight will be followed by a newer one
+        now = time.monotonic()
+        if now - self.last_interim_at < self.interval_s:
+            return
+        if len(self.buffer) < _MIN_INTERIM_BYTES or len(self.buffer) == self.interim_bytes:
+            return
+        try:
+            work = self.ctx.engines.stt.submit(
+                SttJob(bytes(self.buffer), self.start.language),
+                stream_id=self.ctx.stream_id,
+                critical=False,
+            )
+        except Overloaded:
+            return  # interims are optional: skip under load
+        self.last_interim_at = now
+        self.interim_bytes = len(self.buffer)
+        self.interim_work = work
+        self.interim_task = asyncio.create_task(self._interim(work, self.segment, len(self.buffer)))
+
+    async def _interim(self, work: Work[SttJob, str], segment: int, nbytes: int) -> None:
+        try:
+            event = await work.wait()
+            if event.state == WorkState.FINISHED and segment == self.segment:
+                await self.ctx.send_json(
+                    {"type": "interim", "text": event.result or "", "audio_ms": _ms(nbytes)}
+                )
+            elif event.state == WorkState.FAILED:
+                log.warning("interim transcription failed: %s", event.error)
+        finally:
+            work.cancel()
+            self.interim_task = None
+            self.interim_work = None
+
+    def drop_interim(self) -> None:
+        """The utterance was flushed: its pending interim is stale."""
+        if self.interim_work is not None:
+            self.interim_work.cancel()
+
+    # -- finals -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        self.drop_interim()
+        item = _Final(self.segment, bytes(self.buffer), time.monotonic())
+        try:
+            self.finals.put_nowait(item)
+        except asyncio.QueueFull:
+            raise StreamError(
+                ErrorCode.OVERLOADED, f"more than {_MAX_PENDING_FINALS} flushes pending"
+            ) from None
+        self.segment += 1
+        self.buffer.clear()
+        self.interim_bytes = 0
+
+    async def final_loop(self) -> None:
+        while (item := await self.finals.get()) is not None:
+            text = ""
+            if item.pcm:
+                try:
+                    work = self.ctx.engines.stt.submit(
+                        SttJob(item.pcm, self.start.language),
+                        stream_id=self.ctx.stream_id,
+                        critical=True,
+                    )
+                except Overloaded as err:
+                    raise StreamError(ErrorCode.OVERLOADED, str(err)) from None
+                self.final_work = work
+                try:
+                    event = await work.wait()
+                finally:
+                    work.cancel()
+                    self.final_work = None
+                if event.state == WorkState.FAILED:
+                    raise StreamError(ErrorCode.INTERNAL, f"stt engine failed: {event.error}")
+                text = event.result or ""
+            await self.ctx.send_json(
+                {
+                    "type": "final",
+                    "text": text,
+                    "audio_ms": _ms(len(item.pcm)),
+                    "segment": item.segment,
+                }
+            )
+            self.ctx.observe_stage("stt_final", item.flushed_at)
+
+    # -- input ------------------------------------------------------------------------------
+    async def read_loop(self) -> None:
+        """Runs until the stream ends; only ever returns by raising (after end_input it still
+        watches for cancel or a vanished client)."""
+        ended = False
+        while True:
+            frame = await self.ctx.receive()
+            if frame is None:
+                raise ClientGone("client closed the stream")
+            if isinstance(frame, bytes):
+                if ended:
+                    raise StreamError(ErrorCode.BAD_REQUEST, "audio after end_input")
+                if len(frame) % 2:
+                    raise StreamError(ErrorCode.BAD_REQUEST, "audio frames are 16-bit PCM")
+                if len(self.buffer) + len(frame) > self.max_bytes:
+                    raise StreamError(
+                        ErrorCode.PAYLOAD_TOO_LARGE,
+                        f"utterance longer than {self.ctx.config.limits.max_utterance_s:g} s "
+                        "without a flush",
+                    )
+                self.buffer += frame
+                self.maybe_interim()
+                continue
+            kind = parse_control(frame, _CONTROL)["type"]
+            if kind == "cancel":
+                raise ClientGone("client cancelled the stream")
+            if ended:
+                raise StreamError(ErrorCode.BAD_REQUEST, f"{kind} after end_input")
+            if kind == "flush":
+                self.flush()
+            else:  # end_input
+                if self.buffer:
+                    self.flush()
+                await self.finals.put(None)
+                ended = True
+
+    def cancel_all(self) -> None:
+        for work in (self.interim_work, self.final_work):
+            if work is not None:
+                work.cancel()
+
+
+def _ms(nbytes: int) -> int:
+    return nbytes * 1000 // _BYTES_PER_S
+
+
+async def run_stt_stream(ctx: StreamContext, start: SttStart) -> None:
+    """Serve one STT stream until ``done``, cancellation or an error."""
+    stream = _SttStream(ctx, start)
+    finals = asyncio.create_task(stream.final_loop(), name=f"stt-finals-{ctx.stream_id}")
+    reader = asyncio.create_task(stream.read_loop(), name=f"stt-read-{ctx.stream_id}")
+    try:
+        done, _ = await asyncio.wait({finals, reader}, return_when=asyncio.FIRST_COMPLETED)
+        # Either one failed (protocol error, engine failure, client gone), or end_input was
+        # read and every pending final has been sent (the reader only ends by raising).
+        for task in done:
+            task.result()
+        await ctx.send_json({"type": "done"})
+    finally:
+        stream.cancel_all()
+        tasks = [finals, reader]
+        if stream.interim_task is not None:
+            tasks.append(stream.interim_task)
+        await cancel_and_wait(*tasks)
