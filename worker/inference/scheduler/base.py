@@ -108,6 +108,8 @@ class BaseScheduler:
         self._order: dict[str, int] = {}  # FIFO tie-break, stable across reprioritisation
         self._seq = itertools.count()
         self._waiting_interim: dict[str, str] = {}  # coalesce key -> waiting interim's id
+        self._n_waiting = 0
+        self._waiting_per_call: dict[str, int] = {}  # bounded by max_waiting entries
         self._abort_in_step: set[str] = set()
         self._release: list[str] = []
         self._in_flight: Batch | None = None
@@ -137,15 +139,12 @@ class BaseScheduler:
         if request.request_id in self._live:
             raise SchedulerError(f"request {request.request_id} is already queued")
         replaced = self._coalescing_victim(request)
-        waiting = sum(1 for r in self._live.values() if r.status is RequestStatus.WAITING)
-        per_call = sum(
-            1
-            for r in self._live.values()
-            if r.status is RequestStatus.WAITING and r.call_id == request.call_id
-        )
+        waiting = self._n_waiting
+        per_call = self._waiting_per_call.get(request.call_id, 0)
         if replaced is not None:
             waiting -= 1
-            per_call -= 1
+            if self._live[replaced].call_id == request.call_id:
+                per_call -= 1
         if waiting >= self.config.max_waiting:
             self.refused += 1
             raise SchedulerFullError(
@@ -163,6 +162,8 @@ class BaseScheduler:
             self.coalesced += 1
         self._live[request.request_id] = request
         self._order[request.request_id] = next(self._seq)
+        self._n_waiting += 1
+        self._waiting_per_call[request.call_id] = self._waiting_per_call.get(request.call_id, 0) + 1
         if request.stage is Stage.STT_INTERIM and request.coalesce_key is not None:
             self._waiting_interim[request.coalesce_key] = request.request_id
         self._offered.add(now, request.units)
@@ -215,6 +216,8 @@ class BaseScheduler:
         chosen = self._select(now) if self._live else []
         new_ids = frozenset(r.request_id for r in chosen if r.status is RequestStatus.WAITING)
         for r in chosen:
+            if r.status is RequestStatus.WAITING:
+                self._leave_waiting(r)
             if r.stage is Stage.STT_INTERIM and r.coalesce_key is not None:
                 if self._waiting_interim.get(r.coalesce_key) == r.request_id:
                     del self._waiting_interim[r.coalesce_key]
@@ -333,7 +336,17 @@ class BaseScheduler:
         if out.slack_s is not None:
             req.deadline = now + out.slack_s
 
+    def _leave_waiting(self, req: Request) -> None:
+        self._n_waiting -= 1
+        left = self._waiting_per_call[req.call_id] - 1
+        if left:
+            self._waiting_per_call[req.call_id] = left
+        else:
+            del self._waiting_per_call[req.call_id]
+
     def _finish(self, req: Request, status: RequestStatus) -> None:
+        if req.status is RequestStatus.WAITING:
+            self._leave_waiting(req)
         req.status = status
         del self._live[req.request_id]
         self._order.pop(req.request_id, None)
@@ -359,7 +372,7 @@ class BaseScheduler:
     @property
     def num_waiting(self) -> int:
         """Requests waiting for their first step."""
-        return sum(1 for r in self._live.values() if r.status is RequestStatus.WAITING)
+        return self._n_waiting
 
     @property
     def num_active(self) -> int:

@@ -93,10 +93,7 @@ class Scheduler(BaseScheduler):
         model = self.cost_model
         n = len(candidates)
         prefix = list(itertools.accumulate(r.units for r in candidates))
-        pays = 1
-        for b in range(2, n + 1):
-            if model.batching_pays(b, prefix[b - 1] / b):
-                pays = b
+        pays = model.batch_size_for(prefix)
         head = candidates[0]
         head_deadline = self.priority(head, now)[1]
 
@@ -108,21 +105,27 @@ class Scheduler(BaseScheduler):
         size = max(feasible) if feasible else pays
         every = self.config.explore_every
         if every and n > 1 and self._step % every == every - 1:
-            size = self._explore(size, n, fits, late=not feasible, critical=head.stage.critical)
+            size = self._explore(
+                size, n, fits, free_to_grow=not feasible or not head.stage.critical
+            )
         return size
 
     def _explore(
-        self, size: int, n: int, fits: Callable[[int], bool], *, late: bool, critical: bool
+        self, size: int, n: int, fits: Callable[[int], bool], *, free_to_grow: bool
     ) -> int:
-        """Try a neighbouring size now and then, so a wrong prior cannot lock the model in:
-        alternately double and halve. Growing never breaks a deadline the model thinks it can
-        meet for critical work; shrinking only makes the head's step shorter."""
-        self._explorations += 1
-        up = min(n, size * 2)
-        down = max(1, size // 2)
-        want_up = self._explorations % 2 == 1
-        if (want_up and up != size) or down == size:
-            if up != size and (late or not critical or fits(up)):
-                return up
+        """Now and then run the power-of-two size (or ``n``) measured longest ago instead, so
+        that a wrong prior or stale knowledge cannot lock the cost model in. Growing the batch
+        never breaks a deadline the model thinks critical work can meet; shrinking only makes
+        the head's step shorter."""
+        sizes = {n}
+        b = 1
+        while b < n:
+            sizes.add(b)
+            b *= 2
+        sizes.discard(size)
+        if not free_to_grow:
+            sizes = {b for b in sizes if b < size or fits(b)}
+        if not sizes:
             return size
-        return down
+        self._explorations += 1
+        return self.cost_model.stalest_size(sizes)

@@ -19,6 +19,7 @@ sequences it learns "yes". Pure arithmetic, deterministic, no clock, no numpy.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +44,9 @@ class CostModelConfig(BaseModel):
     min_gain: float = Field(
         0.1, ge=0, lt=1, description="batching pays when per-item cost falls by this fraction"
     )
+    knee_tolerance: float = Field(
+        0.05, ge=0, description="noise allowed before a rising per-item cost counts as a knee"
+    )
 
 
 @dataclass
@@ -50,6 +54,7 @@ class _Anchor:
     step_s: float
     units: float
     count: int
+    last: int  # index of the observation that last updated it
 
 
 def _solve3(m: list[list[float]], v: list[float]) -> list[float]:
@@ -123,11 +128,12 @@ class CostModel:
         alpha = self.config.anchor_alpha
         anchor = self._anchors.get(batch_size)
         if anchor is None:
-            self._anchors[batch_size] = _Anchor(step_s, units, 1)
+            self._anchors[batch_size] = _Anchor(step_s, units, 1, self.observations)
         else:
             anchor.step_s += alpha * (step_s - anchor.step_s)
             anchor.units += alpha * (units - anchor.units)
             anchor.count += 1
+            anchor.last = self.observations
         self._units_per_item += alpha * (units / batch_size - self._units_per_item)
         self.observations += 1
 
@@ -143,25 +149,58 @@ class CostModel:
             t = a + c * batch_size + d * units
         return max(_MIN_STEP_S, t)
 
-    def batching_pays(self, batch_size: int, units_per_item: float | None = None) -> bool:
-        """True when a batch of ``batch_size`` costs less per item than ``min_gain`` below one
-        item alone, i.e. batching that many items is worth the extra latency of a larger step."""
-        if batch_size <= 1:
-            return True
-        u = self._units_per_item if units_per_item is None else units_per_item
-        single = self.predict(1, u)
-        per_item = self.predict(batch_size, u * batch_size) / batch_size
-        return per_item <= (1.0 - self.config.min_gain) * single
+    def _pays(self, b: int, total_units: float, best_per_item: float) -> tuple[bool, float]:
+        """Does a batch of ``b`` pay, given the lowest per-item cost of the smaller sizes?
+        Returns the verdict and the per-item cost at ``b``."""
+        per_item = self.predict(b, total_units) / b
+        single = self.predict(1, total_units / b)
+        worth_it = per_item <= (1.0 - self.config.min_gain) * single
+        # Past a knee the per-item cost rises again: a bigger batch then only adds latency.
+        still_falling = per_item <= best_per_item * (1.0 + self.config.knee_tolerance)
+        return worth_it and still_falling, per_item
+
+    def batch_size_for(self, prefix_units: Sequence[float]) -> int:
+        """Largest paying batch for candidates whose cumulative units are ``prefix_units``
+        (``prefix_units[b-1]`` = units of the first ``b`` candidates); 1 if none pays."""
+        if not prefix_units:
+            return 0
+        best, best_per_item = 1, self.predict(1, prefix_units[0])
+        for b in range(2, min(len(prefix_units), self.max_batch) + 1):
+            pays, per_item = self._pays(b, prefix_units[b - 1], best_per_item)
+            if pays:
+                best = b
+            best_per_item = min(best_per_item, per_item)
+        return best
 
     def best_batch(self, limit: int, units_per_item: float | None = None) -> int:
         """The largest batch size up to ``limit`` for which batching pays (1 if none does)."""
-        best = 1
-        for b in range(2, min(limit, self.max_batch) + 1):
-            if self.batching_pays(b, units_per_item):
-                best = b
-        return best
+        u = self._units_per_item if units_per_item is None else units_per_item
+        return self.batch_size_for([u * b for b in range(1, max(1, limit) + 1)])
+
+    def batching_pays(self, batch_size: int, units_per_item: float | None = None) -> bool:
+        """True when ``batch_size`` items per step cost at least ``min_gain`` less per item than
+        one alone, and the per-item cost is still falling at that size (not past a knee)."""
+        if batch_size <= 1:
+            return True
+        u = self._units_per_item if units_per_item is None else units_per_item
+        best_per_item = self.predict(1, u)
+        pays = False
+        for b in range(2, batch_size + 1):
+            pays, per_item = self._pays(b, u * b, best_per_item)
+            best_per_item = min(best_per_item, per_item)
+        return pays
 
     def capacity_units_per_s(self, limit: int) -> float:
         """Work units per second the engine can do at its most efficient batch size <= limit."""
         u = max(self._units_per_item, 1e-9)
         return max(b * u / self.predict(b, b * u) for b in range(1, min(limit, self.max_batch) + 1))
+
+    def stalest_size(self, sizes: Iterable[int]) -> int:
+        """Of ``sizes``, the one measured longest ago (never measured first; smallest on ties):
+        the scheduler explores it now and then so no prior or old knowledge locks the model in."""
+
+        def last_seen(b: int) -> tuple[int, int]:
+            anchor = self._anchors.get(b)
+            return (anchor.last if anchor is not None else -1, b)
+
+        return min(sizes, key=last_seen)
