@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.stack.cli",
     "worker.agent.runner",
     "worker.inference.cli",
+    "worker.bench.cli",
 )
 
 
