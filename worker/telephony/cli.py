@@ -80,7 +80,8 @@ def _provision(args: argparse.Namespace) -> int:
         print("provision: nothing changed (fix the config first)", file=sys.stderr)
         return 2
     assert report.stack is not None and report.telephony is not None
-    url = args.url or report.stack.livekit_url
+    # LIVEKIT_URL (e.g. from a run directory's credentials.env) points at a running stack.
+    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
     try:
         result = asyncio.run(
             provision(report.telephony, url, report.stack.api_key, report.stack.api_secret)

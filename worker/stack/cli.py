@@ -1,0 +1,120 @@
+"""``voicestack up``: check the configs, render them into a run directory, start and supervise
+the stack until Ctrl-C/SIGTERM, then stop everything in reverse order and exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.stack.plan import CORE_COMPONENTS, PlanError, build_plan
+from worker.stack.render import RenderedStack, RunFiles, project_root, write_run_files
+from worker.stack.supervisor import StartError, Supervisor
+from worker.telephony.cli import add_common_arguments, run_checks
+
+__all__ = ["register", "run_up"]
+
+
+def _say(line: str) -> None:
+    print(f"[up] {line}", flush=True)
+
+
+def _status_lines(stack: RenderedStack, files: RunFiles, sup: Supervisor) -> list[str]:
+    lines = [f"{s.name:<10} {s.state.value:<9} pid {s.pid}  log {s.log_path}" for s in sup.status()]
+    names = {s.name for s in sup.status()}
+    lines.append(f"LiveKit API  {stack.livekit_url}  (ws: {stack.ws_url})")
+    if "sip" in names:
+        host, port = stack.sip_address
+        lines.append(f"Call SIP     sip:<number>@{host}:{port}  (UDP/TCP)")
+    lines.append(f"Credentials  {files.credentials}")
+    return lines
+
+
+async def run_up(
+    stack: RenderedStack,
+    files: RunFiles,
+    components: list[str],
+    provision_after: bool = False,
+) -> int:
+    """Start the planned children, print status, wait for SIGINT/SIGTERM, stop them; exit code."""
+    try:
+        specs = build_plan(stack, files, components)
+    except PlanError as err:
+        print(f"up: {err}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # Child events (start, healthy, crash/restart, stop) are logged by the supervisor.
+    sup = Supervisor(specs, files.run_dir)
+    try:
+        await sup.start()
+    except StartError as err:
+        print(f"up: {err}", file=sys.stderr)
+        return 1
+    try:
+        if provision_after:
+            from worker.config.telephony import load_telephony
+            from worker.telephony.provision import ProvisionError, provision
+
+            try:
+                tel = load_telephony(stack.telephony_path, stack.env)
+                result = await provision(tel, stack.livekit_url, stack.api_key, stack.api_secret)
+                for line in result.summary_lines():
+                    _say(f"provision: {line}")
+            except ProvisionError as err:
+                _say(f"provision failed: {err}")
+        _say("stack is up (Ctrl-C or SIGTERM stops it):")
+        for line in _status_lines(stack, files, sup):
+            _say("  " + line)
+        await stop.wait()
+        _say("stopping")
+    finally:
+        await sup.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    _say("stopped; no child left running")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    report = run_checks(args)
+    if not report.ok:
+        print(f"up: check-config found {len(report.problems)} problem(s):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    assert report.stack is not None
+    components = [c.strip() for c in args.components.split(",") if c.strip()]
+    run_dir: Path = args.run_dir or (
+        project_root() / ".run" / f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    files = write_run_files(report.stack, run_dir)
+    _say(f"profile {args.profile}, run directory {run_dir}")
+    return asyncio.run(run_up(report.stack, files, components, args.provision))
+
+
+def register(subparsers: Any) -> None:
+    """Add ``up`` to the ``voicestack`` command line."""
+    up = subparsers.add_parser(
+        "up", help="start and supervise redis, livekit-server and livekit-sip until Ctrl-C"
+    )
+    add_common_arguments(up)
+    up.add_argument(
+        "--components",
+        default=",".join(CORE_COMPONENTS),
+        help="comma-separated components to start, in stack order "
+        f"(default: {','.join(CORE_COMPONENTS)})",
+    )
+    up.add_argument("--run-dir", type=Path, default=None, help="where configs and logs go")
+    up.add_argument(
+        "--provision",
+        action="store_true",
+        help="once healthy, apply config/telephony.yaml (as `voicestack provision` does)",
+    )
+    up.set_defaults(func=_up)

@@ -1,0 +1,158 @@
+"""Which processes make up the stack, in which order, with which health checks.
+
+:func:`build_plan` turns a rendered stack (see :mod:`worker.stack.render`) and a list of
+component names into ordered :class:`ProcessSpec` objects. Components beyond the LiveKit core
+(the inference server, agent workers) register a builder in :data:`COMPONENT_BUILDERS`, so
+``voicestack up --components ...`` and the demo start them the same way.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
+from worker.stack.render import RenderedStack, RunFiles, project_root
+
+__all__ = [
+    "COMPONENT_BUILDERS",
+    "CORE_COMPONENTS",
+    "SIP_UNAVAILABLE",
+    "PlanContext",
+    "PlanError",
+    "build_plan",
+    "tool_path",
+    "voicestack_argv",
+]
+
+SIP_UNAVAILABLE = (
+    "livekit-sip v1.11.0 is not installable here: the Go module proxy refuses "
+    "github.com/livekit/sip"
+)
+
+
+class PlanError(RuntimeError):
+    """The requested components cannot be planned (unknown name, missing binary)."""
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Everything a component builder may need."""
+
+    stack: RenderedStack
+    files: RunFiles
+    tools_dir: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.files.run_dir
+
+
+def tool_path(name: str, tools_dir: Path | None = None) -> Path:
+    """Project-local binary (``.tools/bin/<name>``), where setup.sh builds LiveKit."""
+    return (tools_dir or project_root() / ".tools" / "bin") / name
+
+
+def voicestack_argv(*args: str) -> tuple[str, ...]:
+    """Command line that runs a ``voicestack`` sub-command with this interpreter."""
+    return (sys.executable, "-m", "worker.cli", *args)
+
+
+def _redis(ctx: PlanContext) -> ProcessSpec:
+    host, port = ctx.stack.redis_address
+    return ProcessSpec(
+        name="redis",
+        argv=("redis-server", str(ctx.files.redis_config)),
+        health=HealthCheck("redis", host, port),
+        start_timeout_s=10,
+        ports=(PortSpec(host, port),),
+    )
+
+
+def _livekit(ctx: PlanContext) -> ProcessSpec:
+    stack = ctx.stack
+    rtc = stack.livekit.get("rtc") or {}
+    ports = [PortSpec(stack.livekit_host, stack.livekit_port)]
+    if rtc.get("tcp_port"):
+        ports.append(PortSpec(stack.livekit_host, int(rtc["tcp_port"])))
+    udp = str(rtc.get("udp_port") or "")
+    if udp.isdigit():
+        # livekit-server binds its single RTC UDP port on all interfaces.
+        ports.append(PortSpec("0.0.0.0", int(udp), "udp"))
+    return ProcessSpec(
+        name="livekit",
+        argv=(
+            str(tool_path("livekit-server", ctx.tools_dir)),
+            "--config",
+            str(ctx.files.livekit_config),
+        ),
+        # Keys reach livekit-server through its environment, never through a file on disk.
+        env={"LIVEKIT_KEYS": f"{stack.api_key}: {stack.api_secret}"},
+        health=HealthCheck("http", stack.livekit_host, stack.livekit_port, "/"),
+        start_timeout_s=30,
+        ports=tuple(ports),
+    )
+
+
+def _sip(ctx: PlanContext) -> ProcessSpec:
+    stack = ctx.stack
+    binary = tool_path("livekit-sip", ctx.tools_dir)
+    if not binary.exists():
+        raise PlanError(
+            f"{SIP_UNAVAILABLE} ({binary} is missing); start without it with "
+            "--components redis,livekit"
+        )
+    port = stack.sip_address[1]
+    listen = str(stack.sip.get("listen_ip") or "0.0.0.0")
+    health_port = stack.sip_health_port
+    if not health_port:
+        raise PlanError("sip-config.yaml: health_port must be set so `up` can tell sip is ready")
+    return ProcessSpec(
+        name="sip",
+        argv=(str(binary), "--config", str(ctx.files.sip_config)),
+        env={
+            "LIVEKIT_API_KEY": stack.api_key,
+            "LIVEKIT_API_SECRET": stack.api_secret,
+        },
+        # livekit-sip binds its health port on all interfaces. It answers 429 while the
+        # machine's CPU use is above max_cpu_utilization (0.9): running, but refusing
+        # outbound calls. On a loaded 2-core box that is common, and it is still "up".
+        health=HealthCheck("http", "127.0.0.1", health_port, "/", ok_statuses=(200, 429)),
+        start_timeout_s=30,
+        # SIGTERM makes livekit-sip wait for active calls to end; SIGINT ends them now.
+        # The supervisor's SIGKILL after stop_timeout_s bounds it either way.
+        stop_signal=signal.SIGINT,
+        ports=(
+            PortSpec(listen, port, "udp"),
+            PortSpec(listen, port, "tcp"),
+            PortSpec("0.0.0.0", health_port, "tcp"),
+        ),
+    )
+
+
+# name -> builder. Order of this mapping is the start order; shutdown is the reverse.
+COMPONENT_BUILDERS: dict[str, Callable[[PlanContext], ProcessSpec]] = {
+    "redis": _redis,
+    "livekit": _livekit,
+    "sip": _sip,
+}
+CORE_COMPONENTS: tuple[str, ...] = ("redis", "livekit", "sip")
+
+
+def build_plan(
+    stack: RenderedStack,
+    files: RunFiles,
+    components: Sequence[str] = CORE_COMPONENTS,
+    tools_dir: Path | None = None,
+) -> list[ProcessSpec]:
+    """Ordered specs for ``components`` (start order follows :data:`COMPONENT_BUILDERS`)."""
+    unknown = [c for c in components if c not in COMPONENT_BUILDERS]
+    if unknown:
+        raise PlanError(
+            f"unknown component(s) {', '.join(unknown)}; known: {', '.join(COMPONENT_BUILDERS)}"
+        )
+    ctx = PlanContext(stack=stack, files=files, tools_dir=tools_dir or tool_path("x").parent)
+    return [build(ctx) for name, build in COMPONENT_BUILDERS.items() if name in components]

@@ -1,0 +1,161 @@
+"""What the supervisor needs to know about one child process, and how to probe its health.
+
+A :class:`ProcessSpec` is plain data: argv, environment, log file, health check, timeouts and
+the ports it will bind. Other parts of the project build specs for their own processes (the
+inference server with ``GET /readyz``, the agent worker) and hand them to the
+:class:`~worker.stack.supervisor.Supervisor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from worker.stack.ports import Proto, port_in_use
+
+__all__ = [
+    "HealthCheck",
+    "PortSpec",
+    "ProcessSpec",
+    "SpecError",
+    "preflight",
+    "probe",
+]
+
+
+class SpecError(RuntimeError):
+    """A child cannot be started: missing binary, port already taken, bad spec."""
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How to tell that a child is ready.
+
+    ``http``: ``GET path`` answers one of ``ok_statuses``; ``tcp``: a connection is accepted;
+    ``redis``: ``PING`` answers ``+PONG`` (or ``-NOAUTH``, which also proves redis is up).
+    """
+
+    kind: Literal["http", "tcp", "redis"]
+    host: str
+    port: int
+    path: str = "/"
+    ok_statuses: tuple[int, ...] = (200,)
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            codes = "/".join(str(c) for c in self.ok_statuses)
+            return f"GET http://{self.host}:{self.port}{self.path} -> {codes}"
+        return f"{self.kind} {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A port the child binds; checked free before the child starts."""
+
+    host: str
+    port: int
+    proto: Proto = "tcp"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One supervised child process.
+
+    ``argv[0]`` is a path or a name looked up on ``PATH``. ``env`` is added to the parent's
+    environment (``inherit_env=False`` starts from an empty one). ``log_path`` defaults to
+    ``<run_dir>/<name>.log``. ``stop_signal`` is sent to the child's whole process group on
+    shutdown; after ``stop_timeout_s`` the group gets SIGKILL.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    inherit_env: bool = True
+    log_path: Path | None = None
+    health: HealthCheck | None = None
+    start_timeout_s: float = 30.0
+    stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 10.0
+    ports: tuple[PortSpec, ...] = ()
+    cwd: Path | None = None
+    restart: bool = True
+
+    def executable(self) -> str | None:
+        """Absolute path of ``argv[0]`` if it exists and is executable, else None."""
+        exe = self.argv[0]
+        if os.sep in exe:
+            return exe if os.access(exe, os.X_OK) and Path(exe).is_file() else None
+        return shutil.which(exe)
+
+    def full_env(self) -> dict[str, str]:
+        base = dict(os.environ) if self.inherit_env else {}
+        base.update(self.env)
+        return base
+
+
+def preflight(specs: list[ProcessSpec]) -> list[str]:
+    """Problems that must stop the whole start: missing binaries, taken ports, duplicates."""
+    problems: list[str] = []
+    names = [s.name for s in specs]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"two children are named {dup!r}")
+    for spec in specs:
+        if not spec.argv:
+            problems.append(f"{spec.name}: empty command line")
+            continue
+        if spec.executable() is None:
+            problems.append(f"{spec.name}: binary {spec.argv[0]!r} not found or not executable")
+        for port in spec.ports:
+            if port_in_use(port.host, port.port, port.proto):
+                problems.append(
+                    f"{spec.name}: {port.proto} port {port.host}:{port.port} is already in use "
+                    "(another process listens there; stop it or choose another port)"
+                )
+    return problems
+
+
+async def _http_status(host: str, port: int, path: str, limit_s: float) -> int:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit_s)
+    try:
+        request = f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode("ascii"))
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), limit_s)
+    finally:
+        writer.close()
+    parts = line.decode("latin-1").split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return 0
+    return int(parts[1])
+
+
+async def _redis_ping(host: str, port: int, limit_s: float) -> bool:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit_s)
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), limit_s)
+    finally:
+        writer.close()
+    return line.startswith((b"+PONG", b"-NOAUTH"))
+
+
+async def probe(check: HealthCheck, limit_s: float = 2.0) -> bool:
+    """One health probe; False (never an exception) when the child is not ready."""
+    try:
+        if check.kind == "http":
+            status = await _http_status(check.host, check.port, check.path, limit_s)
+            return status in check.ok_statuses
+        if check.kind == "redis":
+            return await _redis_ping(check.host, check.port, limit_s)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(check.host, check.port), limit_s)
+        writer.close()
+        return True
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
