@@ -396,13 +396,18 @@ def test_make_scheduler_rejects_an_unknown_mode() -> None:
     assert isinstance(make_scheduler(Engine.STT), Scheduler)
 
 
-def test_stats_report_queue_and_offered_load() -> None:
+def test_stats_report_queue_work_rate_and_capacity() -> None:
     s = sched(Engine.TTS, cost=NO_BATCHING)
     for i in range(5):
-        s.add_request(req(Stage.TTS_REST, 5.0, call=f"c{i}", units=20.0), float(i))
-    st = s.stats(5.0)
-    assert st.waiting == 5 and st.active == 0 and st.engine is Engine.TTS
-    assert st.offered_units_per_s > 0
+        s.add_request(req(Stage.TTS_REST, 5.0, call=f"c{i}", units=20.0), 0.0)
+    st = s.stats(0.0)
+    assert (st.waiting, st.active, st.engine, st.work_units_per_s) == (5, 0, Engine.TTS, 0.0)
+    batch = s.schedule(0.0)
+    assert s.stats(0.0).active == 1 and s.stats(0.0).waiting == 4
+    finish_all(s, batch, 0.2, 0.2)
+    st = s.stats(0.2)
+    assert st.finished == 1 and st.steps == 1 and st.last_batch_size == 1
+    assert st.work_units_per_s == pytest.approx(20.0 / s.config.load_window_s, rel=0.05)
+    assert st.capacity_units_per_s > 0
     # 1 unit per item at 10 ms: the prior says 100 units/s at best.
-    fresh = CostModel(NO_BATCHING, max_batch=8)
-    assert fresh.capacity_units_per_s(8) == pytest.approx(100.0, rel=0.01)
+    assert CostModel(NO_BATCHING, max_batch=8).capacity_units_per_s(8) == pytest.approx(100.0)

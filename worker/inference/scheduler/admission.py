@@ -1,17 +1,18 @@
 """Admission control: how loaded the server is, and whether it may take one more call.
 
 Inputs are the :class:`~.base.EngineStats` snapshots the engine threads post after their steps
-(capacity from each engine's learned cost model, offered work per second, queue depth). The
+(capacity from each engine's learned cost model, work done per second, queue depth). The
 controller lives on the server's event loop, which alone mutates it; it reads no clock.
 
 * ``load(now)`` in 0..1 is what ``GET /v1/capacity`` returns and workers report to LiveKit as
   their load, so that dispatch stops before latency breaks: the highest of, over engines,
-  offered/capacity and queue fill, and of active calls / ``max_calls``. The offered rate of an
+  work rate / capacity and queue fill, and of active calls / ``max_calls``. The work rate of an
   engine that posts nothing (idle) decays with its window, so the load recovers by itself.
 * ``admit_call`` refuses at once, with a reason, a call that would push the projected load over
-  ``max_load``: each call is expected to add the measured per-call demand (or, before anything
-  was measured, the configured prior). Request-level refusal is the schedulers' bounded queues
-  (:class:`~.request.SchedulerFullError`).
+  ``max_load``: the projection is (calls + 1) x per-call demand, where the per-call demand is the
+  measured utilisation per active call, but never less than the configured prior (calls that
+  were just admitted have not spoken yet). Request-level refusal is the schedulers' bounded
+  queues (:class:`~.request.SchedulerFullError`).
 """
 
 from __future__ import annotations
@@ -83,10 +84,10 @@ class AdmissionController:
         st = self._stats.get(engine)
         if st is None:
             return 0.0
-        offered = st.offered_units_per_s * math.exp(-max(0.0, now - st.at) / st.offered_window_s)
+        work = st.work_units_per_s * math.exp(-max(0.0, now - st.at) / st.load_window_s)
         if st.capacity_units_per_s <= 0:
-            return 1.0 if offered > 0 else 0.0
-        return offered / st.capacity_units_per_s
+            return 1.0 if work > 0 else 0.0
+        return work / st.capacity_units_per_s
 
     def _queue_fill(self, st: EngineStats) -> float:
         return st.waiting / st.max_waiting
@@ -108,28 +109,29 @@ class AdmissionController:
         projected = (n + 1) / self.config.max_calls
         if n >= self.config.max_calls:
             return (f"at the call limit: {n} calls active (max_calls={self.config.max_calls})", 1.0)
-        worst: tuple[float, str] = (projected, "calls")
+        # The call count has its own hard cap above; max_load applies to the engines.
+        worst: tuple[float, str] = (0.0, "")
         for engine, st in self._stats.items():
             if st.waiting >= st.max_waiting:
                 return (f"{engine} queue is full ({st.waiting} waiting)", 1.0)
             util = self.utilization(engine, now)
-            if n > 0 and util > 0:
-                per_call = util / n
-            elif st.capacity_units_per_s > 0:
-                per_call = self.config.prior_units_per_call_s(engine) / st.capacity_units_per_s
+            if st.capacity_units_per_s > 0:
+                prior = self.config.prior_units_per_call_s(engine) / st.capacity_units_per_s
             else:
-                per_call = 1.0
-            proj = max(util + per_call, self._queue_fill(st))
+                prior = 1.0
+            # The configured demand is a floor: calls admitted a moment ago have not spoken yet,
+            # and a burst of new calls must not all be admitted on an idle engine's numbers.
+            per_call = max(util / n if n else 0.0, prior)
+            proj = max((n + 1) * per_call, self._queue_fill(st))
             worst = max(worst, (proj, str(engine)))
-        projected, what = worst
-        if projected > self.config.max_load:
-            where = "the call count" if what == "calls" else f"the {what} engine"
+        engine_load, busiest = worst
+        if engine_load > self.config.max_load:
             return (
-                f"overloaded: one more call would put {where} at {projected:.0%} of capacity "
-                f"(max_load={self.config.max_load:.0%})",
-                projected,
+                f"overloaded: one more call would put the {busiest} engine at {engine_load:.0%} "
+                f"of capacity (max_load={self.config.max_load:.0%})",
+                engine_load,
             )
-        return (None, projected)
+        return (None, max(projected, engine_load))
 
     def admit_call(self, call_id: str, now: float) -> Decision:
         """Admit ``call_id`` or refuse it at once. Admitting an admitted call is accepted."""

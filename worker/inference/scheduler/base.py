@@ -49,7 +49,7 @@ class SchedulerConfig(BaseModel):
         16, ge=0, description="every n-th step try a neighbouring batch size (0: never)"
     )
     coalesce_interims: bool = True
-    offered_window_s: float = Field(10.0, gt=0, description="window of the offered-load rate")
+    load_window_s: float = Field(10.0, gt=0, description="averaging window of the work rate")
     cost_model: CostModelConfig = Field(default_factory=CostModelConfig)
 
     @property
@@ -80,8 +80,10 @@ class EngineStats:
     last_batch_size: int
     last_step_s: float
     capacity_units_per_s: float
-    offered_units_per_s: float
-    offered_window_s: float  # time constant of the offered rate: it decays by it when idle
+    # Work units the engine ran per second (decayed average over ``load_window_s``): with the
+    # capacity this is the utilisation; demand beyond capacity shows as queue depth instead.
+    work_units_per_s: float
+    load_window_s: float
     at: float  # the ``now`` of the snapshot
 
 
@@ -114,7 +116,7 @@ class BaseScheduler:
         self._release: list[str] = []
         self._in_flight: Batch | None = None
         self._step = 0
-        self._offered = DecayingRate(self.config.offered_window_s)
+        self._work = DecayingRate(self.config.load_window_s)
         self._misses: dict[Stage, int] = {}
         self.finished = self.failed = self.cancelled = self.coalesced = self.refused = 0
         self.last_batch_size = 0
@@ -166,7 +168,6 @@ class BaseScheduler:
         self._waiting_per_call[request.call_id] = self._waiting_per_call.get(request.call_id, 0) + 1
         if request.stage is Stage.STT_INTERIM and request.coalesce_key is not None:
             self._waiting_interim[request.coalesce_key] = request.request_id
-        self._offered.add(now, request.units)
         return replaced
 
     def _coalescing_victim(self, request: Request) -> str | None:
@@ -253,6 +254,7 @@ class BaseScheduler:
         by_id = self._validate_outputs(batch, outputs)
         self._in_flight = None
         self.cost_model.observe(batch.size, batch.units, step_s)
+        self._work.add(now, batch.units)
         self.last_batch_size, self.last_step_s = batch.size, step_s
         finished: list[str] = []
         streaming: list[str] = []
@@ -404,8 +406,8 @@ class BaseScheduler:
             last_batch_size=self.last_batch_size,
             last_step_s=self.last_step_s,
             capacity_units_per_s=self.cost_model.capacity_units_per_s(self._batch_limit),
-            offered_units_per_s=self._offered.per_second(now),
-            offered_window_s=self.config.offered_window_s,
+            work_units_per_s=self._work.per_second(now),
+            load_window_s=self.config.load_window_s,
             at=now,
         )
 
