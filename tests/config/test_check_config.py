@@ -1,0 +1,159 @@
+"""check-config: the shipped configs pass, and each rule has a fixture that fails it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worker.cli import main
+from worker.config.stack import Profile
+from worker.stack.render import LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, project_root
+from worker.telephony.checks import check_stack
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# A production environment as an operator would write it (private addresses, real-length secret).
+PROD_ENV = {
+    "LIVEKIT_API_KEY": "APIvoicestack01",
+    "LIVEKIT_API_SECRET": "s3cr3t-" + "x" * 40,
+    "LIVEKIT_BIND_ADDRESS": "10.0.0.10",
+    "LIVEKIT_NODE_IP": "10.0.0.10",
+    "LIVEKIT_STUN_SERVER": "10.0.0.10:3478",
+    "LIVEKIT_WS_URL": "ws://10.0.0.10:7880",
+    "REDIS_ADDRESS": "127.0.0.1:6379",
+    "SIP_LISTEN_IP": "10.0.0.10",
+    "SIP_NAT_IP": "10.0.0.10",
+    "PBX_ADDRESS": "10.0.0.20/32",
+    "PBX_NUMBER": "+15550100",
+}
+
+
+def _root_with(tmp_path: Path, name: str, patch_file: str) -> Path:
+    """A copy of the shipped configs with ``patch_file``'s keys merged into file ``name``."""
+    root = tmp_path / "root"
+    (root / "config").mkdir(parents=True)
+    for rel in (LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG):
+        shutil.copy(project_root() / rel, root / rel)
+    data = yaml.safe_load((root / name).read_text())
+    patch = yaml.safe_load((FIXTURES / patch_file).read_text())
+
+    def merge(base: dict, over: dict) -> None:
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(data, patch)
+    (root / name).write_text(yaml.safe_dump(data))
+    return root
+
+
+def _problems(profile: str = "prod", env: dict | None = None, **kw: object) -> list[str]:
+    return check_stack(profile, PROD_ENV if env is None else env, **kw).problems  # type: ignore[arg-type]
+
+
+def test_shipped_configs_pass_in_prod() -> None:
+    report = check_stack(Profile.PROD, PROD_ENV)
+    assert report.problems == []
+    assert report.telephony is not None
+    assert report.telephony.trunks[0].numbers == ["+15550100"]  # the "+" survives substitution
+    assert report.stack is not None and report.stack.livekit["port"] == 7880  # typed default
+
+
+def test_shipped_configs_pass_in_loopback_without_any_env() -> None:
+    report = check_stack(Profile.LOOPBACK, {})
+    assert report.problems == []
+    assert report.stack is not None
+    assert report.stack.livekit["rtc"]["node_ip"] == "127.0.0.1"
+    assert report.stack.livekit["rtc"]["enable_loopback_candidate"] is True
+    assert len(report.stack.api_secret) >= 32
+
+
+def test_env_example_alone_is_refused() -> None:
+    from worker.config.stack import load_env_file
+
+    env = load_env_file(project_root() / ".env.example")
+    problems = _problems(env=env)
+    assert any("LIVEKIT_API_KEY" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("telephony_rule_without_trunks.yaml", "has no trunks (trunk_ids)"),
+        ("telephony_hostname_address.yaml", "'pbx.example.com' is not an IP address or CIDR"),
+        ("telephony_open_trunk.yaml", "has neither allowed_addresses nor digest auth"),
+        ("telephony_unknown_trunk.yaml", "names unknown trunk(s) pbx-typo"),
+        ("telephony_typo_key.yaml", "allowed_adresses: Extra inputs are not permitted"),
+    ],
+)
+def test_telephony_rule_fixtures_fail(fixture: str, expected: str) -> None:
+    problems = _problems(telephony_path=FIXTURES / fixture)
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+    assert fixture in problems[0]  # the message names the file
+
+
+@pytest.mark.parametrize(
+    ("name", "fixture", "expected"),
+    [
+        (SIP_CONFIG, "sip_unknown_key.yaml", "unknown key 'log_level'"),
+        (SIP_CONFIG, "sip_unknown_key.yaml", "unknown key 'redis.adress'"),
+        (SIP_CONFIG, "sip_use_external_ip.yaml", "use_external_ip: true"),
+        (LIVEKIT_CONFIG, "livekit_public_stun.yaml", "'stun.l.google.com:19302' is a hostname"),
+        (LIVEKIT_CONFIG, "livekit_public_stun.yaml", "'74.125.250.129:19302' is a public address"),
+        (LIVEKIT_CONFIG, "livekit_no_stun.yaml", "rtc.stun_servers is empty"),
+        (LIVEKIT_CONFIG, "livekit_use_external_ip.yaml", "rtc.use_external_ip: true"),
+        (LIVEKIT_CONFIG, "livekit_development.yaml", "development: true"),
+    ],
+)
+def test_server_config_fixtures_fail(
+    tmp_path: Path, name: str, fixture: str, expected: str
+) -> None:
+    root = _root_with(tmp_path, name, fixture)
+    problems = _problems(root=root)
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith(name) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("key", "secret", "expected"),
+    [
+        ("APIvoicestack01", "tooshort", "has 8 characters; at least 32"),
+        ("devkey", "s" * 40, "'devkey' is LiveKit's public development key"),
+    ],
+)
+def test_weak_api_keys_fail_outside_dev(key: str, secret: str, expected: str) -> None:
+    env = {**PROD_ENV, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}
+    for profile in ("prod", "loopback"):
+        problems = _problems(profile, env)
+        assert any(expected in p for p in problems), (profile, problems)
+    assert _problems("dev", env) == []
+
+
+def test_missing_variables_are_named_for_both_files() -> None:
+    env = {k: v for k, v in PROD_ENV.items() if k not in ("LIVEKIT_NODE_IP", "SIP_NAT_IP")}
+    problems = _problems(env=env)
+    assert len(problems) == 1
+    assert "livekit-server.yaml: no value for LIVEKIT_NODE_IP" in problems[0]
+    assert "sip-config.yaml: no value for SIP_NAT_IP" in problems[0]
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env_file = tmp_path / "prod.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in PROD_ENV.items()))
+    assert main(["check-config", "--env-file", str(env_file)]) == 0
+    assert "check-config: OK (profile prod)" in capsys.readouterr().out
+
+    bad = FIXTURES / "telephony_open_trunk.yaml"
+    assert main(["check-config", "--env-file", str(env_file), "--telephony", str(bad)]) == 2
+    assert "has neither allowed_addresses nor digest auth" in capsys.readouterr().err
+
+    broken = tmp_path / "broken.env"
+    broken.write_text("LIVEKIT_API_KEY=x\nthis line is not an assignment\n")
+    assert main(["check-config", "--env-file", str(broken)]) == 2
+    assert f"{broken}:2: expected KEY=value" in capsys.readouterr().err

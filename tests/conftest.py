@@ -1,0 +1,59 @@
+"""Shared fixtures: the real LiveKit stack on loopback, and the ``sip`` marker's skip rule.
+
+``livekit_stack`` (session scope) starts redis + livekit-server (+ livekit-sip when its binary
+exists) from the real binaries on free 127.0.0.1 ports, renders the shipped configs for the
+loopback profile, and yields a :class:`worker.stack.loopback.LoopbackStack` (URLs, API key
+pair, SIP address). Tests that need livekit-sip are marked ``@pytest.mark.sip``; they are the
+only tests skipped for a missing binary, with the reason below. Anything else that misses a
+binary or model fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.stack.loopback import LoopbackStack, loopback_stack
+from worker.stack.plan import SIP_UNAVAILABLE, tool_path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SIP_BINARY = tool_path("livekit-sip")
+
+
+def sip_available() -> bool:
+    """True when the project-local livekit-sip binary exists."""
+    return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if sip_available():
+        return
+    skip = pytest.mark.skip(reason=SIP_UNAVAILABLE)
+    for item in items:
+        if "sip" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def livekit_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackStack]:
+    """The real redis + livekit-server (+ livekit-sip if built) on loopback, for the session.
+
+    Logs and rendered configs are in ``stack.run_dir`` (printed on failure by pytest's tmp
+    path retention). Components stop in reverse order at the end of the session.
+    """
+    run_dir: Path = tmp_path_factory.mktemp("stack")
+    components = ("redis", "livekit", "sip") if sip_available() else ("redis", "livekit")
+    with loopback_stack(run_dir, components) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def sip_stack(livekit_stack: LoopbackStack) -> LoopbackStack:
+    """``livekit_stack`` with livekit-sip running; use only in ``@pytest.mark.sip`` tests."""
+    if livekit_stack.sip_address is None:
+        pytest.fail(f"sip_stack used outside a sip-marked test: {SIP_UNAVAILABLE}")
+    return livekit_stack

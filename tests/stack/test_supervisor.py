@@ -1,0 +1,158 @@
+"""Supervisor behaviour with real child processes (small Python programs, no LiveKit)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.stack.ports import free_port
+from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
+from worker.stack.supervisor import ChildState, StartError, Supervisor
+
+PY = sys.executable
+
+# Listens on argv[1] (the health check), forks a grandchild that ignores SIGTERM and writes its
+# pid to argv[2], then idles; optionally exits with code 3 after argv[3] seconds.
+LISTENER = """
+import socket, subprocess, sys, time
+port, pidfile = int(sys.argv[1]), sys.argv[2]
+life = float(sys.argv[3]) if len(sys.argv) > 3 else 1e9
+g = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"])
+open(pidfile, "w").write(str(g.pid))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port)); s.listen()
+print("listening", port, flush=True)
+time.sleep(life)
+sys.exit(3)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _listener(name: str, tmp_path: Path, life: float | None = None) -> tuple[ProcessSpec, Path]:
+    port = free_port()
+    pidfile = tmp_path / f"{name}.grandchild"
+    argv = [PY, "-c", LISTENER, str(port), str(pidfile)] + ([str(life)] if life else [])
+    spec = ProcessSpec(
+        name=name,
+        argv=tuple(argv),
+        health=HealthCheck("tcp", "127.0.0.1", port),
+        start_timeout_s=20,
+        stop_timeout_s=5,
+        ports=(PortSpec("127.0.0.1", port),),
+    )
+    return spec, pidfile
+
+
+async def test_ordered_start_health_and_shutdown_leave_no_process(tmp_path: Path) -> None:
+    http_port = free_port()
+    web = ProcessSpec(
+        name="web",
+        argv=(PY, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"),
+        cwd=tmp_path,
+        health=HealthCheck("http", "127.0.0.1", http_port, "/"),
+        start_timeout_s=20,
+    )
+    worker, grandchild_file = _listener("worker", tmp_path)
+    events: list[str] = []
+    async with Supervisor([web, worker], tmp_path / "run", on_event=events.append) as sup:
+        status = {s.name: s for s in sup.status()}
+        assert all(s.state is ChildState.HEALTHY for s in status.values())
+        pids = [s.pid for s in status.values()]
+        grandchild = int(grandchild_file.read_text())
+        assert all(p is not None and _alive(p) for p in pids) and _alive(grandchild)
+        # "worker" was started only after "web" was healthy.
+        order = [e for e in events if "started pid" in e or "healthy" in e]
+        assert [e.split(":")[0] for e in order] == ["web", "web", "worker", "worker"]
+        assert "healthy" in order[1]
+    stops = [e.split(":")[0] for e in events if "stopping" in e]
+    assert stops == ["worker", "web"]  # reverse order
+    assert not any(_alive(p) for p in pids if p is not None)
+    # The grandchild ignored SIGTERM; the group SIGKILL after its parent stopped took it.
+    for _ in range(50):
+        if not _alive(grandchild):
+            break
+        await asyncio.sleep(0.1)
+    assert not _alive(grandchild)
+    assert (tmp_path / "run" / "web.log").read_text().count("GET / HTTP") >= 1
+
+
+async def test_killed_child_is_restarted_with_backoff_and_says_so(tmp_path: Path) -> None:
+    spec, _ = _listener("worker", tmp_path)
+    events: list[str] = []
+    async with Supervisor(
+        [spec], tmp_path / "run", backoff_initial_s=0.2, on_event=events.append
+    ) as sup:
+        first = sup.child("worker").pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        ok = await sup.wait_for(
+            lambda st: st[0].restarts == 1 and st[0].state is ChildState.HEALTHY, 20
+        )
+        assert ok, events
+        now = sup.child("worker")
+        assert now.pid not in (None, first) and now.last_exit == -signal.SIGKILL
+    assert any(
+        "exited with code -9" in e and "restarting in 0.2 s (restart #1)" in e for e in events
+    )
+    log = (tmp_path / "run" / "worker.log").read_text()
+    assert "restarting in 0.2 s" in log and log.count("\nlistening ") == 2
+
+
+async def test_crash_loop_backoff_doubles(tmp_path: Path) -> None:
+    spec, _ = _listener("flaky", tmp_path, life=0.5)
+    events: list[str] = []
+    async with Supervisor(
+        [spec], tmp_path / "run", backoff_initial_s=0.1, backoff_max_s=0.4, on_event=events.append
+    ) as sup:
+        assert await sup.wait_for(lambda st: st[0].restarts >= 4, 30), events
+    delays = [e.split("restarting in ")[1].split(" s")[0] for e in events if "restarting in" in e]
+    assert delays[:4] == ["0.1", "0.2", "0.4", "0.4"]
+    assert all("exited with code 3" in e for e in events if "restarting in" in e)
+
+
+async def test_taken_port_and_missing_binary_refuse_to_start(tmp_path: Path) -> None:
+    spec, _ = _listener("worker", tmp_path)
+    missing = ProcessSpec(name="ghost", argv=(str(tmp_path / "no-such-binary"),))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", spec.ports[0].port))
+        taken.listen()
+        with pytest.raises(StartError) as err:
+            async with Supervisor([spec, missing], tmp_path / "run"):
+                pytest.fail("must not start")
+    text = str(err.value)
+    assert f"worker: tcp port 127.0.0.1:{spec.ports[0].port} is already in use" in text
+    assert "ghost: binary" in text and "not found or not executable" in text
+    assert not (tmp_path / "run" / "worker.log").exists()  # nothing was started
+
+
+async def test_child_dying_before_healthy_fails_start_and_stops_the_rest(tmp_path: Path) -> None:
+    first, _ = _listener("first", tmp_path)
+    dying = ProcessSpec(
+        name="dying",
+        argv=(PY, "-c", "import sys; print('bad config: nope', flush=True); sys.exit(7)"),
+        health=HealthCheck("tcp", "127.0.0.1", free_port()),
+        start_timeout_s=10,
+    )
+    events: list[str] = []
+    sup = Supervisor([first, dying], tmp_path / "run", on_event=events.append)
+    with pytest.raises(StartError) as err:
+        await sup.start()
+    assert "dying exited with code 7 before becoming healthy" in str(err.value)
+    assert "bad config: nope" in str(err.value)  # the log tail is in the message
+    pid = next(e for e in events if e.startswith("first: started pid")).split()[3].rstrip(":")
+    assert not _alive(int(pid))
