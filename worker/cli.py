@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.telephony.cli",
     "worker.stack.cli",
     "worker.agent.runner",
+    "worker.caller.demo",
     "worker.inference.cli",
     "worker.bench.cli",
 )

@@ -121,6 +121,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
         )
         return 2
     inference_url = args.inference_url or cfg.inference.url
+    if args.http_port is not None:
+        if not 0 <= args.http_port <= 65535:
+            logger.error("--http-port %s is not a port number", args.http_port)
+            return 2
+        cfg = cfg.model_copy(
+            update={"worker": cfg.worker.model_copy(update={"http_port": args.http_port})}
+        )
     # Job processes read these (they are forked after this point).
     os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ[INFERENCE_URL_ENV] = inference_url
@@ -140,4 +147,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     start.add_argument(
         "--api-secret", default="", help="LiveKit API secret (or LIVEKIT_API_SECRET)"
     )
+    start.add_argument(
+        "--http-port", type=int, default=None, help="health server port (overrides config)"
+    )
     start.set_defaults(func=_cmd_start)
+    # `voicestack up --components ...,inference,agent` learns about our processes here.
+    from worker.agent.components import register_components
+
+    register_components()

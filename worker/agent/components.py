@@ -1,0 +1,124 @@
+"""Process specs for the voice side of the stack: the inference server and the agent worker.
+
+They plug into the control plane two ways: ``voicestack up --components ...,inference,agent``
+through :data:`worker.stack.plan.COMPONENT_BUILDERS` (registered by :func:`register_components`,
+which ``voicestack``'s CLI runs when it loads this package's commands), and the loopback test
+fixture / demo through :func:`voice_specs` passed as ``extra_specs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.config.stack import Profile
+from worker.stack.plan import COMPONENT_BUILDERS, PlanContext, voicestack_argv
+from worker.stack.ports import free_port
+from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
+from worker.stack.render import RenderedStack, RunFiles, project_root
+
+__all__ = [
+    "INFERENCE_PORT_ENV",
+    "agent_spec",
+    "inference_spec",
+    "inference_url",
+    "register_components",
+    "voice_specs",
+]
+
+INFERENCE_PORT_ENV = "VOICESTACK_INFERENCE_PORT"
+INFERENCE_HOST_ENV = "VOICESTACK_INFERENCE_HOST"
+
+
+def inference_url(stack: RenderedStack) -> str:
+    """Where this stack's inference server listens.
+
+    Loopback picks a free port once and keeps it in the rendered environment, so that the
+    inference server's spec and the agent's spec (built separately) agree on it.
+    """
+    host = stack.env.get(INFERENCE_HOST_ENV, "127.0.0.1")
+    if INFERENCE_PORT_ENV not in stack.env:
+        port = free_port(host) if stack.profile is Profile.LOOPBACK else 8765
+        stack.env[INFERENCE_PORT_ENV] = str(port)
+    return f"http://{host}:{stack.env[INFERENCE_PORT_ENV]}"
+
+
+def inference_spec(stack: RenderedStack, *, config: Path | None = None) -> ProcessSpec:
+    """``voicestack inference-server``; ready when ``/readyz`` answers 200 (models loaded)."""
+    url = inference_url(stack)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    cfg = config or project_root() / "config" / "inference.yaml"
+    return ProcessSpec(
+        name="inference",
+        argv=voicestack_argv(
+            "inference-server", "--config", str(cfg), "--host", host, "--port", port
+        ),
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        health=HealthCheck("http", host, int(port), "/readyz"),
+        # Models load from disk; on a busy 2-core machine that can take a minute.
+        start_timeout_s=180,
+        stop_timeout_s=15,
+        ports=(PortSpec(host, int(port)),),
+    )
+
+
+def agent_spec(
+    stack: RenderedStack,
+    *,
+    config: Path | None = None,
+    http_port: int | None = None,
+    drain_timeout_s: float = 30.0,
+) -> ProcessSpec:
+    """``voicestack agent start`` against this stack's LiveKit and inference server.
+
+    ``drain_timeout_s`` bounds how long the supervisor waits after SIGTERM (the worker drains
+    live calls first) before it kills the process group.
+    """
+    port = http_port if http_port is not None else free_port("127.0.0.1")
+    cfg = config or project_root() / "config" / "agent.yaml"
+    return ProcessSpec(
+        name="agent",
+        argv=voicestack_argv(
+            "agent",
+            "start",
+            "--config",
+            str(cfg),
+            "--inference-url",
+            inference_url(stack),
+            "--http-port",
+            str(port),
+        ),
+        env={
+            "LIVEKIT_URL": stack.ws_url,
+            "LIVEKIT_API_KEY": stack.api_key,
+            "LIVEKIT_API_SECRET": stack.api_secret,
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0",
+        },
+        health=HealthCheck("http", "127.0.0.1", port, "/"),
+        start_timeout_s=90,
+        stop_timeout_s=drain_timeout_s,
+        ports=(PortSpec("127.0.0.1", port),),
+    )
+
+
+def voice_specs(stack: RenderedStack, files: RunFiles) -> list[ProcessSpec]:
+    """``extra_specs`` for :func:`worker.stack.loopback.loopback_stack`: inference, then agent."""
+    return [inference_spec(stack), agent_spec(stack)]
+
+
+def _inference_builder(ctx: PlanContext) -> ProcessSpec:
+    return inference_spec(ctx.stack)
+
+
+def _agent_builder(ctx: PlanContext) -> ProcessSpec:
+    return agent_spec(ctx.stack)
+
+
+def register_components() -> None:
+    """Make ``inference`` and ``agent`` known to ``voicestack up --components`` (idempotent).
+
+    Appended after the LiveKit core, so they start after it and stop before it.
+    """
+    COMPONENT_BUILDERS.setdefault("inference", _inference_builder)
+    COMPONENT_BUILDERS.setdefault("agent", _agent_builder)
