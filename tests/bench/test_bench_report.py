@@ -95,6 +95,16 @@ def test_ratios_are_scheduler_over_serial() -> None:
     assert set(r["p95_compute"]) == {"1", "4", "8"}
 
 
+def test_capacity_at_looser_targets() -> None:
+    r = result()
+    doc = r.to_json()
+    # serial p95 at N=4 is ~803 ms, at N=8 ~2006 ms with refusals: capacity 4 at 1000 ms
+    assert doc["modes"]["serial"]["capacity_at_limit_ms"]["1000"] == 4
+    assert doc["modes"]["serial"]["capacity_at_limit_ms"]["3000"] == 4  # refusals at N=8
+    assert doc["modes"]["deadline"]["capacity_at_limit_ms"]["1000"] == 8
+    assert doc["ratios"]["capacity_at_limit_ms"]["1000"] == pytest.approx(2.0)
+
+
 def test_ratio_undefined_cases() -> None:
     assert ratio(4, 0) is None
     assert ratio(None, 2) is None
