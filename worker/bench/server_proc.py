@@ -22,7 +22,7 @@ import yaml
 
 from worker.config.loader import ConfigError
 
-__all__ = ["InferenceServerProcess", "ServerStartError", "write_mode_config"]
+__all__ = ["InferenceServerProcess", "ServerStartError", "mode_section", "write_mode_config"]
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,34 @@ class ServerStartError(RuntimeError):
     """The inference server did not become ready; the message includes its log tail."""
 
 
+def mode_section() -> str:
+    """The top-level key of the inference config whose section holds the scheduling ``mode``.
+
+    Found from the server's own config model (the section whose model has a ``mode`` field),
+    so the benchmark follows the server's naming instead of guessing it.
+    """
+    from pydantic import BaseModel
+
+    from worker.config.inference import InferenceConfig
+
+    for name, info in InferenceConfig.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and "mode" in kind.model_fields:
+            return name
+    raise ConfigError(
+        "the inference server's configuration has no scheduling mode switch (a section with a "
+        "`mode` key such as `scheduler: {mode: serial}`), so the benchmark cannot compare "
+        "the scheduler with the serial baseline"
+    )
+
+
 def write_mode_config(base: Path, mode: str, dest: Path) -> Path:
-    """Copy the YAML config ``base`` to ``dest`` with ``scheduler.mode = mode``, and validate
-    the copy with the server's own config model so that a mismatch is a clear
-    :class:`ConfigError` here rather than a crash inside the subprocess."""
+    """Copy the YAML config ``base`` to ``dest`` with the scheduling section's ``mode`` set
+    (see :func:`mode_section`), and validate the copy with the server's own config model so a
+    mismatch is a clear :class:`ConfigError` here rather than a crash in the subprocess."""
     from worker.config.inference import load_inference_config
+
+    section = mode_section()
 
     try:
         data: Any = yaml.safe_load(base.read_text(encoding="utf-8"))
@@ -47,10 +70,10 @@ def write_mode_config(base: Path, mode: str, dest: Path) -> Path:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{base}: expected a mapping at the top level")
-    scheduler = data.get("scheduler") or {}
+    scheduler = data.get(section) or {}
     if not isinstance(scheduler, dict):
-        raise ConfigError(f"{base}: scheduler: expected a mapping")
-    data["scheduler"] = {**scheduler, "mode": mode}
+        raise ConfigError(f"{base}: {section}: expected a mapping")
+    data[section] = {**scheduler, "mode": mode}
     # Relative model paths are relative to the config file: make them absolute for the copy.
     models = data.get("models")
     if isinstance(models, dict):
