@@ -54,9 +54,11 @@ def test_stt_of_no_audio_is_empty(stt_engine: SttEngine) -> None:
 
 
 def test_tts_speed_changes_duration(tts_engine: TtsEngine) -> None:
-    normal = tts_engine.synthesize("Please hold while I transfer you.")
-    fast = tts_engine.synthesize("Please hold while I transfer you.", speed=2.0)
-    assert 0.35 < fast.size / normal.size < 0.65
+    text = "Please hold while I transfer you to the billing department."
+    normal = tts_engine.synthesize(text).size
+    # Piper's duration noise varies lengths a little run to run; pauses do not scale fully.
+    assert 0.4 < tts_engine.synthesize(text, speed=2.0).size / normal < 0.8
+    assert 1.4 < tts_engine.synthesize(text, speed=0.5).size / normal < 2.4
     with pytest.raises(ValueError):
         tts_engine.synthesize("x", speed=0)
 

@@ -82,6 +82,8 @@ class _SttStream:
                 )
             elif event.state == WorkState.FAILED:
                 log.warning("interim transcription failed: %s", event.error)
+        except ClientGone:
+            pass  # the reader sees the closed socket and ends the stream
         finally:
             work.cancel()
             self.interim_task = None
