@@ -64,6 +64,16 @@ def test_call_clock_tracks_turns_and_playout() -> None:
         clock.audio_sent("c", 2.0, -1.0)
 
 
+def test_later_clauses_are_due_after_the_earlier_ones_can_have_played() -> None:
+    clock = CallClock(DeadlineConfig(), max_calls=4)
+    clock.end_of_turn("a", 1.0)
+    # No audio sent yet: clause 2 (after 30 chars = 2 s of speech) is due 2 s after first audio.
+    assert clock.clause_deadline("a", 1.1, chars_before=30) == pytest.approx(3.25)
+    clock.audio_sent("a", 1.2, 4.0)  # more audio out than estimated: the real playout wins
+    assert clock.clause_deadline("a", 1.3, chars_before=30) == pytest.approx(5.2)
+    assert clock.clause_deadline("b", 1.3, chars_before=30) == pytest.approx(1.3)  # unknown call
+
+
 def test_scheduling_config_loads_from_yaml(tmp_path: Path) -> None:
     path = tmp_path / "scheduling.yaml"
     path.write_text(

@@ -138,6 +138,18 @@ class CallClock:
         playout = self.playout_left_s(call_id, now) if call_id in self._playout_until else None
         return self._config.deadline(stage, now, self._turn_end.get(call_id), playout)
 
+    def clause_deadline(self, call_id: str, now: float, chars_before: int) -> float:
+        """Deadline of a later clause of the current answer, preceded by ``chars_before``
+        characters of text: when the audio sent so far runs out, but never before the earlier
+        clauses can have played (their audio may not exist yet: then it is estimated from the
+        first clause's deadline plus their text). Keeps clause 3 from overtaking clause 1."""
+        due = now + self.playout_left_s(call_id, now)
+        turn_end = self._turn_end.get(call_id)
+        if turn_end is not None:
+            first_audio = turn_end + self._config.turn_offset_s(Stage.TTS_FIRST)
+            due = max(due, first_audio + self._config.playout_of_text_s(chars_before))
+        return due
+
     def forget(self, call_id: str) -> None:
         """The call is over; drop its state (unknown calls are ignored)."""
         self._turn_end.pop(call_id, None)
