@@ -357,6 +357,8 @@ def test_contract_violations_are_clear_errors_that_change_nothing() -> None:
     with pytest.raises(SchedulerError, match="cannot move"):
         out = StepOutput("a", next_stage=Stage.TTS_REST, slack_s=1.0)
         s.update_from_output(batch, [out], 0.01, 0.01)
+    with pytest.raises(SchedulerError, match="step time"):
+        s.update_from_output(batch, [StepOutput("a", done=True)], float("nan"), 0.01)
     # Nothing changed: the real report is still accepted.
     assert s.update_from_output(batch, [StepOutput("a", done=True)], 0.01, 0.01).finished == ("a",)
     with pytest.raises(SchedulerError, match="not the step in flight"):

@@ -251,6 +251,8 @@ class BaseScheduler:
         """
         if batch is not self._in_flight:
             raise SchedulerError(f"batch of step {batch.step} is not the step in flight")
+        if not (math.isfinite(step_s) and step_s >= 0):
+            raise SchedulerError(f"step {batch.step}: step time must be >= 0, got {step_s}")
         by_id = self._validate_outputs(batch, outputs)
         self._in_flight = None
         self.cost_model.observe(batch.size, batch.units, step_s)
