@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.caller.demo",
     "worker.inference.cli",
     "worker.bench.cli",
+    "worker.inference.scheduler.sim_cli",
 )
 
 
