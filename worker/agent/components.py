@@ -65,7 +65,7 @@ def agent_spec(
     stack: RenderedStack,
     *,
     config: Path | None = None,
-    http_port: int | None = None,
+    ready_port: int | None = None,
     drain_timeout_s: float = 30.0,
 ) -> ProcessSpec:
     """``voicestack agent start`` against this stack's LiveKit and inference server.
@@ -73,7 +73,7 @@ def agent_spec(
     ``drain_timeout_s`` bounds how long the supervisor waits after SIGTERM (the worker drains
     live calls first) before it kills the process group.
     """
-    port = http_port if http_port is not None else free_port("127.0.0.1")
+    port = ready_port if ready_port is not None else free_port("127.0.0.1")
     cfg = config or project_root() / "config" / "agent.yaml"
     return ProcessSpec(
         name="agent",
@@ -84,7 +84,7 @@ def agent_spec(
             str(cfg),
             "--inference-url",
             inference_url(stack),
-            "--http-port",
+            "--ready-port",
             str(port),
         ),
         env={
@@ -95,7 +95,8 @@ def agent_spec(
             "OMP_NUM_THREADS": "1",
             "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0",
         },
-        health=HealthCheck("http", "127.0.0.1", port, "/"),
+        # Ready only once registered with LiveKit: a call dispatched earlier would be lost.
+        health=HealthCheck("http", "127.0.0.1", port, "/readyz"),
         start_timeout_s=90,
         stop_timeout_s=drain_timeout_s,
         ports=(PortSpec("127.0.0.1", port),),

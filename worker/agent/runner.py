@@ -15,6 +15,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aiohttp import web
+
 from worker.config.agent import AgentConfig, load_agent_config
 from worker.config.loader import ConfigError
 
@@ -65,9 +67,50 @@ def build_server(
     return server
 
 
-async def serve(cfg: AgentConfig, *, inference_url: str) -> int:
-    """Run the worker until SIGTERM/SIGINT, then drain live calls and exit (0 on success)."""
+class _Readiness:
+    """``GET /readyz``: 200 once the worker is registered with LiveKit and not draining, 503
+    before and while draining; ``GET /healthz``: 200 while the process serves. The supervisor
+    and tests wait on ``/readyz``: a call placed before registration would never be dispatched
+    (self-hosted LiveKit does not retry a dispatch that found no worker)."""
+
+    def __init__(self) -> None:
+        self.registered = False
+        self.draining = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/readyz", self._ready)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        if self.registered and not self.draining:
+            return web.Response(text="ok")
+        state = "draining" if self.draining else "not registered with LiveKit yet"
+        return web.Response(status=503, text=state)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+
+async def serve(cfg: AgentConfig, *, inference_url: str, ready_port: int | None = None) -> int:
+    """Run the worker until SIGTERM/SIGINT, then drain live calls and exit (0 on success).
+
+    With ``ready_port``, a readiness endpoint (see :class:`_Readiness`) listens on 127.0.0.1.
+    """
     server = build_server(cfg, inference_url=inference_url)
+    readiness = _Readiness()
+
+    def _registered(*_: object) -> None:
+        readiness.registered = True
+        logger.info("worker registered as %r", cfg.worker.agent_name)
+
+    server.on("worker_registered", _registered)
+    runner: web.AppRunner | None = None
+    if ready_port is not None:
+        runner = web.AppRunner(readiness.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", ready_port).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -81,6 +124,7 @@ async def serve(cfg: AgentConfig, *, inference_url: str) -> int:
             err = run_task.exception()
             logger.error("agent worker stopped: %s", err or "run() returned")
             return 1
+        readiness.draining = True
         logger.info("signal received: draining live calls (up to %ss)", cfg.worker.drain_timeout_s)
         try:
             await server.drain(timeout=cfg.worker.drain_timeout_s)
@@ -93,6 +137,8 @@ async def serve(cfg: AgentConfig, *, inference_url: str) -> int:
         if not run_task.done():
             run_task.cancel()
         await asyncio.gather(run_task, stop_task, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
     return status
 
 
@@ -121,18 +167,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
         )
         return 2
     inference_url = args.inference_url or cfg.inference.url
-    if args.http_port is not None:
-        if not 0 <= args.http_port <= 65535:
-            logger.error("--http-port %s is not a port number", args.http_port)
-            return 2
-        cfg = cfg.model_copy(
-            update={"worker": cfg.worker.model_copy(update={"http_port": args.http_port})}
-        )
+    if args.ready_port is not None and not 0 < args.ready_port <= 65535:
+        logger.error("--ready-port %s is not a port number", args.ready_port)
+        return 2
     # Job processes read these (they are forked after this point).
     os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ[INFERENCE_URL_ENV] = inference_url
     pin_threads_env(os.environ)
-    return asyncio.run(serve(cfg, inference_url=inference_url))
+    return asyncio.run(serve(cfg, inference_url=inference_url, ready_port=args.ready_port))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -148,7 +190,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--api-secret", default="", help="LiveKit API secret (or LIVEKIT_API_SECRET)"
     )
     start.add_argument(
-        "--http-port", type=int, default=None, help="health server port (overrides config)"
+        "--ready-port",
+        type=int,
+        default=None,
+        help="serve GET /readyz (200 once registered with LiveKit) on 127.0.0.1:PORT",
     )
     start.set_defaults(func=_cmd_start)
     # `voicestack up --components ...,inference,agent` learns about our processes here.
