@@ -225,11 +225,9 @@ async def _wait_idle(server: RunningServer) -> dict[str, Any]:
     async with asyncio.timeout(TIMEOUT):
         while True:
             cap = await _get_json(server.url + "/v1/capacity")
-            engines = server.server.engines
-            if (
-                not any(cap["active_streams"].values())
-                and not engines.llm.busy
-                and engines.llm.queue_depth == 0
+            runners = server.server.engines.runners
+            if not any(cap["active_streams"].values()) and not any(
+                r.busy or r.queue_depth for r in runners
             ):
                 return dict(cap)
             await asyncio.sleep(0.05)
@@ -278,6 +276,28 @@ async def test_client_vanishing_mid_stream_frees_the_engine(
     await asyncio.sleep(0.3)
     assert await _metric(inference_server, "voicestack_inference_llm_tokens_total") == tokens
     await _assert_still_serving(inference_server)
+
+
+async def test_stt_and_tts_clients_vanishing_mid_work_free_the_engines(
+    inference_server: RunningServer,
+) -> None:
+    await _wait_idle(inference_server)
+    async with aiohttp.ClientSession() as s:
+        tts = await _start(s, inference_server, {"op": "tts", "call_id": "t"})
+        long_text = " ".join(["This sentence is here to keep the voice busy for a while."] * 6)
+        await tts.send_json({"type": "push_text", "text": long_text})
+        await tts.send_json({"type": "flush"})
+        assert (await tts.receive_json(timeout=TIMEOUT))["type"] == "audio_start"
+        await tts.close()
+        stt = await _start(s, inference_server, {"op": "stt", "call_id": "t"})
+        await stt.send_bytes(bytes(32_000))
+        await stt.send_bytes(bytes(32_000))
+        await stt.send_json({"type": "flush"})
+        await stt.close()  # before the final arrives
+    cap = await _wait_idle(inference_server)
+    assert cap["load"] == 0.0
+    _events, audio = await _tts(inference_server, ["Still here."])
+    assert len(audio) > 0
 
 
 async def test_streams_beyond_capacity_are_refused(inference_server: RunningServer) -> None:
