@@ -165,7 +165,10 @@ class _TtsListener:
                         self.first_audio_at = self._clock()
                     self.samples += len(event) // 2
                 elif event.get("type") == "audio_start":
-                    self.sample_rate = int(event["sample_rate"])
+                    rate = event.get("sample_rate")
+                    if not isinstance(rate, int) or rate <= 0:
+                        raise StreamError("protocol", f"audio_start with sample_rate {rate!r}")
+                    self.sample_rate = rate
                 elif event.get("type") == "done":
                     return
         except StreamError as err:

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,35 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def server_argv(config: Path, port: int) -> list[str]:
+    """The command line of ``voicestack inference-server`` on loopback ``port``."""
+    return [
+        sys.executable, "-m", "worker.cli", "inference-server",
+        "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+
+
 class InferenceServerProcess:
-    """``voicestack inference-server`` in a subprocess; an async context manager."""
+    """``voicestack inference-server`` in a subprocess; an async context manager.
+
+    ``argv(config, port)`` builds the command line (default :func:`server_argv`).
+    """
 
     def __init__(
-        self, config: Path, log_path: Path, *, startup_timeout_s: float = 180.0, tries: int = 3
+        self,
+        config: Path,
+        log_path: Path,
+        *,
+        startup_timeout_s: float = 180.0,
+        tries: int = 3,
+        argv: Callable[[Path, int], list[str]] | None = None,
     ) -> None:
         self.config = config
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
         self.tries = tries
         self.port = 0
+        self._argv = argv or server_argv
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -152,10 +171,7 @@ class InferenceServerProcess:
     async def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        cmd = [
-            sys.executable, "-m", "worker.cli", "inference-server",
-            "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
+        cmd = self._argv(self.config, self.port)
         log.info("starting inference server: %s", " ".join(cmd))
         with self.log_path.open("ab") as logfile:
             self._proc = await asyncio.create_subprocess_exec(
