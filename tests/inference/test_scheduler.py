@@ -138,9 +138,15 @@ def test_coalescing_can_be_disabled() -> None:
     assert run_order(s, 0.1) == [["i1"], ["i2"]]
 
 
-def test_interim_needs_a_coalescing_key() -> None:
+def test_malformed_requests_are_refused() -> None:
     with pytest.raises(SchedulerError, match="coalesce_key"):
         Request("x", "c1", Stage.STT_INTERIM, arrival=0.0, deadline=1.0)
+    with pytest.raises(SchedulerError, match="finite"):
+        Request("x", "c1", Stage.STT_FINAL, arrival=0.0, deadline=float("nan"))
+    with pytest.raises(SchedulerError, match="units"):
+        Request("x", "c1", Stage.STT_FINAL, arrival=0.0, deadline=1.0, units=float("inf"))
+    with pytest.raises(SchedulerError, match="call_id"):
+        Request("x", "", Stage.STT_FINAL, arrival=0.0, deadline=1.0)
 
 
 def test_cancelling_a_streaming_request_between_steps_frees_its_slot() -> None:

@@ -15,6 +15,7 @@ no clock reads, no locks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -126,8 +127,11 @@ class Request:
             raise SchedulerError("request_id must be a non-empty string")
         if not self.call_id:
             raise SchedulerError(f"request {self.request_id}: call_id must be non-empty")
-        if self.units < 0:
+        if not (math.isfinite(self.units) and self.units >= 0):
             raise SchedulerError(f"request {self.request_id}: units must be >= 0, got {self.units}")
+        if not (math.isfinite(self.arrival) and math.isfinite(self.deadline)):
+            # A NaN deadline would silently break the ordering of every other request.
+            raise SchedulerError(f"request {self.request_id}: arrival and deadline must be finite")
         if self.stage is Stage.STT_INTERIM and self.coalesce_key is None:
             # Without a key interims of one stream would pile up instead of coalescing.
             raise SchedulerError(f"request {self.request_id}: an interim needs a coalesce_key")
