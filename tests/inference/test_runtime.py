@@ -12,9 +12,9 @@ from worker.inference.runtime import (
     EngineLoadError,
     EngineNotReady,
     EngineRunner,
+    FifoPolicy,
     Overloaded,
     Partial,
-    SerialPolicy,
     Terminal,
     Work,
     WorkContext,
@@ -62,7 +62,7 @@ async def _runner(max_queue: int = 8) -> tuple[EngineRunner[FakeEngine, str, str
 def test_serial_policy_runs_critical_work_first_then_fifo() -> None:
     loop = asyncio.new_event_loop()
     try:
-        policy = SerialPolicy()
+        policy = FifoPolicy()
 
         def work(name: str, critical: bool) -> Work[str, str]:
             return Work(name, "s", critical, 0, loop)

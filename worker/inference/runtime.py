@@ -5,9 +5,10 @@ the event loop) and a bounded set of waiting :class:`Work` items. The asyncio si
 and awaits its events; the thread hands results back with ``loop.call_soon_threadsafe``.
 
 Which waiting item runs next is decided by one replaceable object, the :class:`WorkPolicy`
-(:class:`SerialPolicy` here: critical work first, FIFO within a class). The batching scheduler
-plugs in at that seam. Work has explicit states; a cancelled item is dropped while it waits and
-stopped by its executor (e.g. at the next LLM token) while it runs.
+(:class:`FifoPolicy` here: serial, critical work first, FIFO within a class). The batching
+scheduler (``worker/inference/scheduler``) plugs in at that seam. Work has explicit states; a
+cancelled item is dropped while it waits and stopped by its executor (e.g. at the next LLM
+token) while it runs.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ __all__ = [
     "EngineLoadError",
     "EngineNotReady",
     "EngineRunner",
+    "FifoPolicy",
     "Overloaded",
     "Partial",
     "RunnerObserver",
-    "SerialPolicy",
     "Terminal",
     "Work",
     "WorkContext",
@@ -180,7 +181,7 @@ class WorkPolicy(Protocol):
     def __len__(self) -> int: ...
 
 
-class SerialPolicy:
+class FifoPolicy:
     """Serial execution: critical work (finals, first tokens) before slack work (interims),
     first come first served within each class."""
 
@@ -241,7 +242,7 @@ class EngineRunner(Generic[E, P, R]):
         self._load = load
         self._execute = execute
         self._max_queue = max_queue
-        self._policy: WorkPolicy = policy if policy is not None else SerialPolicy()
+        self._policy: WorkPolicy = policy if policy is not None else FifoPolicy()
         self._observer = observer
         self._cond = threading.Condition()
         self._running: Work[P, R] | None = None
