@@ -33,8 +33,8 @@ MSG
   exit 2
 fi
 
-# Import only our own stdlib-only modules: PYTHONPATH points at this checkout; -I would also drop
-# it, so -s (no user site) and -E are not used either: PYTHON* variables are honoured on purpose.
+# worker.models.manifest/download use only the standard library: no install needed, just this
+# checkout on the import path.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
 exec "$python" -m worker.models.download "$@"

@@ -120,6 +120,20 @@ def test_correct_checksum_installs_and_resolves(tmp_path: Path, server: FileServ
     assert files.vad_onnx == models / "vad/silero/vad.onnx"
 
 
+def test_check_is_fast_and_clear(
+    tmp_path: Path, server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_manifest(tmp_path / "manifest.toml", server.url)
+    models = tmp_path / "models"
+    assert _run(manifest, models, "--check") == 1
+    assert "download_models.sh tiny" in capsys.readouterr().err
+    assert _run(manifest, models) == 0
+    assert _run(manifest, models, "--check") == 0
+    (models / STAMP_FILE).unlink()  # e.g. files copied in by hand, never verified
+    assert _run(manifest, models, "--check") == 1
+    assert "--verify" in capsys.readouterr().err
+
+
 def test_second_run_downloads_nothing(tmp_path: Path, server: FileServer) -> None:
     manifest = write_manifest(tmp_path / "manifest.toml", server.url)
     models = tmp_path / "models"

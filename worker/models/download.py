@@ -48,6 +48,7 @@ from worker.models.manifest import (
     ModelSet,
     load_manifest,
     read_stamps,
+    resolve_model_set,
     stamp_matches,
 )
 from worker.models.paths import ModelNotFoundError, package_dir
@@ -556,7 +557,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR|URL",
         help="install from a local folder or an internal HTTP mirror instead of the URLs",
     )
-    parser.add_argument("--verify", action="store_true", help="check what is there; no download")
+    parser.add_argument("--verify", action="store_true", help="re-hash what is there; no download")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="fast check (no hashing) that the set is installed and was verified; no download",
+    )
     parser.add_argument("--list", action="store_true", help="list the sets and exit")
     parser.add_argument("--timeout", type=float, default=30.0, help="network timeout, seconds")
     parser.add_argument("--retries", type=int, default=3, help="resume attempts per file")
@@ -575,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         models_dir = args.models_dir or Path(
             os.environ.get("VOICESTACK_MODELS_DIR") or manifest.path.parent
         )
+        if args.check:
+            resolve_model_set(name, models_dir, manifest)
+            print(f"model set {name!r}: installed and verified in {models_dir}")
+            return 0
         if args.verify:
             good = verify_set(manifest, name, models_dir)
             print(f"model set {name!r}: {'verified' if good else 'NOT verified'}")

@@ -1,0 +1,41 @@
+"""Render the shipped livekit-server.yaml and sip-config.yaml for production into a directory.
+
+Run by the compose ``render`` service (``entrypoint.sh render``) before livekit-server and
+livekit-sip start: neither binary expands ``${VAR}`` in its YAML, so the same files as in dev
+are filled from the environment (the compose env file) by voicestack's own renderer. API keys
+stay out of the files: livekit-server gets them as LIVEKIT_KEYS, livekit-sip as
+LIVEKIT_API_KEY / LIVEKIT_API_SECRET, both from the env file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from worker.config.loader import ConfigError
+from worker.config.stack import Profile
+from worker.stack.render import render_stack, write_run_files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render into the given directory; exit 2 with the renderer's message on a config error."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", type=Path, help="directory for the rendered files")
+    parser.add_argument("--root", type=Path, default=None, help="directory of the shipped YAMLs")
+    args = parser.parse_args(argv)
+    try:
+        stack = render_stack(Profile.PROD, os.environ, root=args.root)
+    except ConfigError as err:
+        print(f"render: {err}", file=sys.stderr)
+        return 2
+    files = write_run_files(stack, args.out)
+    # The rendered files carry the Redis password; never the API keys (see module docstring).
+    files.credentials.unlink(missing_ok=True)
+    print(f"render: wrote {files.livekit_config} and {files.sip_config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
