@@ -137,6 +137,14 @@ async def test_timeout_closes_the_stream_so_the_server_can_cancel(
     assert await wait_idle(server.base_url, timeout_s=5.0)
 
 
+async def test_empty_transcript_is_an_error(server_factory: list[FakeServer]) -> None:
+    server = await start(server_factory, Script(final_text="  "))
+    recs = await call(server, turns=1)
+    assert (recs[0].outcome, recs[0].failed_stage) == (Outcome.ERROR, "stt")
+    assert recs[0].error_code == "empty_transcript"
+    assert server.ops("llm") == []
+
+
 async def test_dead_server_is_an_error(server_factory: list[FakeServer]) -> None:
     server = await start(server_factory, Script())
     await server.stop()

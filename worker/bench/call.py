@@ -248,12 +248,16 @@ class _Call:
         final = await stt.final()
         t_final = self.clock()
         rec.stages_ms["stt_final"] = (t_final - t0) * 1000
-        rec.transcript = str(final.get("text", ""))
+        rec.transcript = str(final.get("text", "")).strip()
+        if not rec.transcript:
+            # The caller said a full sentence of clean speech: hearing nothing is a failure
+            # (e.g. audio dropped under load), and an agent would not answer at all.
+            raise StreamError("empty_transcript", "the final transcript of a spoken turn is empty")
 
         self.stage = "llm"
         messages = [{"role": "system", "content": self.s.system_prompt}]
         messages += self.history[-2 * self.s.history_turns :] if self.s.history_turns else []
-        messages.append({"role": "user", "content": rec.transcript or "Hello?"})
+        messages.append({"role": "user", "content": rec.transcript})
         start = {
             "op": "llm",
             "call_id": self.call_id,
