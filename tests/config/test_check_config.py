@@ -104,6 +104,7 @@ def test_telephony_rule_fixtures_fail(fixture: str, expected: str) -> None:
         (SIP_CONFIG, "sip_unknown_key.yaml", "unknown key 'log_level'"),
         (SIP_CONFIG, "sip_unknown_key.yaml", "unknown key 'redis.adress'"),
         (SIP_CONFIG, "sip_use_external_ip.yaml", "use_external_ip: true"),
+        (SIP_CONFIG, "sip_rtp_port_mapping.yaml", "must be a port or a range like 10000-20000"),
         (LIVEKIT_CONFIG, "livekit_public_stun.yaml", "'stun.l.google.com:19302' is a hostname"),
         (LIVEKIT_CONFIG, "livekit_public_stun.yaml", "'74.125.250.129:19302' is a public address"),
         (LIVEKIT_CONFIG, "livekit_no_stun.yaml", "rtc.stun_servers is empty"),

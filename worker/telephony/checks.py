@@ -9,6 +9,7 @@ whose own validators (:mod:`worker.config.telephony`) enforce the trunk/dispatch
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,11 @@ def check_sip(conf: Mapping[str, Any]) -> list[str]:
         problems.append(f"{src}: nat_1_to_1_ip {nat!r} is not an IP address")
     if conf.get("media_nat_1_to_1_ip") and _ip(conf["media_nat_1_to_1_ip"]) is None:
         problems.append(f"{src}: media_nat_1_to_1_ip is not an IP address")
+    rtp = conf.get("rtp_port")
+    if rtp is not None and not re.fullmatch(r"\d+(\s*-\s*\d+)?", str(rtp)):
+        # livekit-sip reads only a scalar here; a mapping like {start:, end:} is silently
+        # ignored and the default 10000-20000 range used.
+        problems.append(f"{src}: rtp_port {rtp!r} must be a port or a range like 10000-20000")
     if not (conf.get("redis") or {}).get("address"):
         problems.append(f"{src}: redis.address is required (livekit-sip refuses to start)")
     if not conf.get("ws_url"):
