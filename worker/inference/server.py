@@ -11,7 +11,7 @@ import itertools
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from worker.config.inference import InferenceConfig, ResolvedModels
 from worker.inference.jobs import EngineSet
@@ -52,6 +52,7 @@ class InferenceServer:
             config, models, observer=self.metrics, on_llm_tokens=self.metrics.llm_tokens.inc
         )
         self.active: dict[str, int] = dict.fromkeys(OPS, 0)
+        self._sockets: set[web.WebSocketResponse] = set()
         self._ids = itertools.count(1)
         limits = config.limits
         self._max_streams = {
@@ -99,6 +100,7 @@ class InferenceServer:
             heartbeat=_HEARTBEAT_S,
         )
         await ws.prepare(request)
+        self._sockets.add(ws)
         stream_id = f"s{next(self._ids)}"
         ctx = StreamContext(ws, self.engines, self.config, self.metrics, stream_id)
         op = "unknown"
@@ -136,6 +138,7 @@ class InferenceServer:
                 self.active[op] -= 1
                 self.metrics.active_streams.labels(op).dec()
             self.metrics.requests.labels(op, outcome).inc()
+            self._sockets.discard(ws)
             await ws.close()
         return ws
 
@@ -168,6 +171,15 @@ class InferenceServer:
         self.engines.start()
 
     async def on_shutdown(self, app: web.Application) -> None:
+        # Close open streams first (clients see 1001 "going away" and can retry elsewhere);
+        # their handlers cancel their work, then the engine threads stop.
+        await asyncio.gather(
+            *(
+                ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                for ws in list(self._sockets)
+            ),
+            return_exceptions=True,
+        )
         await asyncio.to_thread(self.engines.stop)
 
 
