@@ -313,8 +313,16 @@ class Supervisor:
             child.state = ChildState.STOPPING
             self._event(child, f"stopping (signal {signal.Signals(child.spec.stop_signal).name})")
             child.signal_group(child.spec.stop_signal)
+            half = child.spec.stop_timeout_s / 2
             try:
-                await asyncio.wait_for(proc.wait(), child.spec.stop_timeout_s)
+                try:
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), half)
+                except TimeoutError:
+                    # A second signal means "now" to livekit-server (force stop) and to many
+                    # servers; livekit-server stopped right after start can hang otherwise.
+                    self._event(child, f"still running after {half:g} s; repeating the signal")
+                    child.signal_group(child.spec.stop_signal)
+                    await asyncio.wait_for(proc.wait(), half)
             except TimeoutError:
                 self._event(
                     child,
