@@ -76,11 +76,12 @@ def _livekit(ctx: PlanContext) -> ProcessSpec:
     stack = ctx.stack
     rtc = stack.livekit.get("rtc") or {}
     ports = [PortSpec(stack.livekit_host, stack.livekit_port)]
+    # bind_addresses only applies to the HTTP API: livekit-server binds ICE/TCP on all
+    # interfaces and the RTC UDP port on every interface address (verified with ss).
     if rtc.get("tcp_port"):
-        ports.append(PortSpec(stack.livekit_host, int(rtc["tcp_port"])))
+        ports.append(PortSpec("0.0.0.0", int(rtc["tcp_port"])))
     udp = str(rtc.get("udp_port") or "")
     if udp.isdigit():
-        # livekit-server binds its single RTC UDP port on all interfaces.
         ports.append(PortSpec("0.0.0.0", int(udp), "udp"))
     return ProcessSpec(
         name="livekit",
