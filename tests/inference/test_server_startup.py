@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import WSCloseCode
 from aiohttp.test_utils import make_mocked_request
 
 from worker.config.inference import InferenceConfig, ResolvedModels
@@ -60,3 +63,18 @@ def test_cli_refuses_a_missing_config(tmp_path: Path, capsys: pytest.CaptureFixt
     args = _parse(["inference-server", "--config", str(tmp_path / "nope.yaml")])
     assert args.func(args) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+async def test_shutdown_closes_open_streams_as_going_away(models: ResolvedModels) -> None:
+    story = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+    with serve_in_thread(InferenceConfig(port=0), models) as running:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(running.ws_url)
+            await ws.send_json({"op": "llm", "call_id": "t", "messages": story, "max_tokens": 400})
+            assert (await ws.receive_json(timeout=60))["type"] == "token"
+            running.request_stop()  # shut down while the stream is still open
+            async with asyncio.timeout(30):
+                async for _msg in ws:
+                    pass
+            assert ws.close_code == WSCloseCode.GOING_AWAY

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,6 +26,8 @@ class RunningServer:
 
     url: str
     server: InferenceServer
+    request_stop: Callable[[], None]
+    """Begin a graceful shutdown without waiting for it (the context exit waits)."""
 
     @property
     def ws_url(self) -> str:
@@ -70,6 +72,12 @@ def serve_in_thread(
         finally:
             loop.close()
 
+    def request_stop() -> None:
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:
+            pass  # the loop already finished: nothing left to stop
+
     thread = threading.Thread(target=run, name="inference-server", daemon=True)
     thread.start()
     try:
@@ -77,8 +85,7 @@ def serve_in_thread(
             raise RuntimeError(f"inference server did not start within {start_timeout:g} s")
         if failure:
             raise RuntimeError(f"inference server failed to start: {failure[0]}") from failure[0]
-        yield RunningServer(address[0], server)
+        yield RunningServer(address[0], server, request_stop)
     finally:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(stop.set)
+        request_stop()
         thread.join(30)
