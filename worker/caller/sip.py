@@ -149,8 +149,8 @@ class BaresipCaller:
         )
 
     def measured_schedule(self, script: CallerScript) -> tuple[ScheduledUtterance, ...]:
-        """Utterance times as found in the sent dump (what really left the caller), in the
-        sent dump's clock; falls back to the script's schedule for an utterance not found."""
+        """Utterance times as found in the sent dump (when they really left the caller), in
+        the sent dump's clock; falls back to the script's schedule for one not found."""
         if self.sent is None:
             return script.utterances
         segs = speech_segments(self.sent, SIP_SAMPLE_RATE)
@@ -158,7 +158,10 @@ class BaresipCaller:
         for utt in script.utterances:
             near = [s for s in segs if abs(s.start_s - utt.start_s) < 0.5]
             if near:
-                out.append(ScheduledUtterance(utt.text, near[0].start_s, near[0].end_s))
+                # Onset from the dump; the end keeps the utterance's exact length (the energy
+                # VAD cuts quiet word endings a few tens of ms early).
+                start = near[0].start_s
+                out.append(ScheduledUtterance(utt.text, start, start + utt.end_s - utt.start_s))
             else:
                 out.append(utt)
         return tuple(out)
