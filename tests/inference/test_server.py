@@ -198,6 +198,13 @@ async def test_binary_first_frame_and_bad_control_frames(inference_server: Runni
     assert err["code"] == "bad_request"
 
 
+async def test_stt_language_the_model_does_not_know(inference_server: RunningServer) -> None:
+    err = await _error(
+        inference_server, json.dumps({"op": "stt", "call_id": "t", "language": "de"})
+    )
+    assert err["code"] == "bad_request" and "'de'" in err["message"]
+
+
 async def test_oversized_audio_frame(inference_server: RunningServer) -> None:
     start = json.dumps({"op": "stt", "call_id": "t"})
     too_big = bytes(inference_server.server.config.limits.max_audio_frame_bytes + 2)

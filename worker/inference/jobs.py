@@ -107,15 +107,23 @@ class EngineSet:
     ) -> None:
         device = config.device
         q = config.limits.max_queue
-        self.stt: EngineRunner[SttEngine, SttJob, str] = EngineRunner(
-            "stt",
-            lambda: SttEngine(
+        self.stt_languages: frozenset[str] = frozenset()
+        """Languages the loaded Whisper model knows (set by the STT thread before it is ready)."""
+
+        def load_stt() -> SttEngine:
+            engine = SttEngine(
                 models.stt_dir,
                 device=device,
                 compute_type=config.stt.compute_type,
                 threads=config.stt.threads,
                 language=config.stt.language,
-            ),
+            )
+            self.stt_languages = engine.supported_languages
+            return engine
+
+        self.stt: EngineRunner[SttEngine, SttJob, str] = EngineRunner(
+            "stt",
+            load_stt,
             execute_stt,
             max_queue=q,
             observer=observer,

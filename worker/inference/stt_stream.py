@@ -187,6 +187,13 @@ def _ms(nbytes: int) -> int:
 
 async def run_stt_stream(ctx: StreamContext, start: SttStart) -> None:
     """Serve one STT stream until ``done``, cancellation or an error."""
+    languages = ctx.engines.stt_languages
+    if start.language is not None and start.language not in languages:
+        raise StreamError(
+            ErrorCode.BAD_REQUEST,
+            f"language {start.language!r} is not supported by the server's STT model "
+            f"(supported: {', '.join(sorted(languages))})",
+        )
     stream = _SttStream(ctx, start)
     finals = asyncio.create_task(stream.final_loop(), name=f"stt-finals-{ctx.stream_id}")
     reader = asyncio.create_task(stream.read_loop(), name=f"stt-read-{ctx.stream_id}")

@@ -44,6 +44,13 @@ class SttEngine:
             num_workers=1,
             local_files_only=True,
         )
+        # ("en",) for English-only models such as tiny.en.
+        self.supported_languages: frozenset[str] = frozenset(self._model.supported_languages)
+        if language not in self.supported_languages:
+            raise ValueError(
+                f"stt.language {language!r} is not supported by {model_dir} "
+                f"(supported: {', '.join(sorted(self.supported_languages))})"
+            )
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> str:
         """Transcribe 16 kHz mono float32 audio; returns the text ('' for silence or no audio).
