@@ -99,7 +99,11 @@ async def entrypoint(ctx: JobContext) -> None:
     call_id = ctx.room.name or ctx.job.id
     timeout = cfg.inference.connect_timeout_s
     stt = InferenceSTT(
-        url=url, language=cfg.persona.language, call_id=call_id, connect_timeout=timeout
+        url=url,
+        language=cfg.persona.language,
+        interim_results=cfg.turn.stt_interim_results,
+        call_id=call_id,
+        connect_timeout=timeout,
     )
     llm = InferenceLLM(
         url=url,
