@@ -33,6 +33,8 @@ class TtsEngine:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads would otherwise spin and steal the cores the other engines share.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[str | tuple[str, dict[str, str]]]
         if device == "cuda":
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
