@@ -282,4 +282,31 @@ async def test_up_supervises_restarts_and_stops_cleanly(tmp_path: Path) -> None:
             await proc.wait()
     stops = [ln for ln in seen if "stopping (signal" in ln]
     assert "livekit" in stops[0] and "redis" in stops[1]  # reverse order
+    assert sum("stopped (exit code" in ln for ln in seen) == 2
     assert not any(_alive(p) for p in (redis_pid, lk_pid, new_pid))
+
+
+async def test_up_interrupted_during_start_stops_everything(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker.cli", "up", "--profile", "loopback",
+        "--components", "redis,livekit", "--run-dir", str(tmp_path / "run"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        redis_pid = int((await _read_until(proc.stdout, r"redis: started pid (\d+)", seen, 30))[1])
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while livekit is not started/healthy yet
+        await _read_until(proc.stdout, r"stopped; no child left running", seen, 30)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    started = [int(m[1]) for ln in seen if (m := re.search(r"started pid (\d+)", ln))]
+    assert redis_pid in started
+    # Stopped by the supervisor itself (not only by PR_SET_PDEATHSIG when `up` exited).
+    names = {m[1] for ln in seen if (m := re.search(r"(\w+): started pid", ln))}
+    assert all(any(f"{n}: stopped (exit code" in ln for ln in seen) for n in names), seen
+    assert not any(_alive(p) for p in started)

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.stack.plan import CORE_COMPONENTS, PlanError, build_plan
+from worker.config.loader import ConfigError
+from worker.stack.plan import COMPONENT_BUILDERS, CORE_COMPONENTS, PlanError, build_plan
 from worker.stack.render import RenderedStack, RunFiles, project_root, write_run_files
 from worker.stack.supervisor import StartError, Supervisor
 from worker.telephony.cli import add_common_arguments, run_checks
@@ -50,13 +51,40 @@ async def run_up(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # Child events (start, healthy, crash/restart, stop) are logged by the supervisor.
-    sup = Supervisor(specs, files.run_dir)
     try:
-        await sup.start()
-    except StartError as err:
-        print(f"up: {err}", file=sys.stderr)
-        return 1
+        # Child events (start, healthy, crash/restart, stop) are logged by the supervisor.
+        sup = Supervisor(specs, files.run_dir)
+        # Ctrl-C during start-up aborts the start (Supervisor.start stops what it started).
+        starting = asyncio.create_task(sup.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            _say("interrupted during start-up; stopping")
+            starting.cancel()
+            await asyncio.wait({starting})
+            await sup.aclose()  # idempotent; makes sure even a half-done start is undone
+            _say("stopped; no child left running")
+            return 0
+        failure = starting.exception()
+        if isinstance(failure, StartError):
+            print(f"up: {failure}", file=sys.stderr)
+            return 1
+        if failure is not None:
+            raise failure
+        return await _serve(stack, files, sup, stop, provision_after)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(
+    stack: RenderedStack,
+    files: RunFiles,
+    sup: Supervisor,
+    stop: asyncio.Event,
+    provision_after: bool,
+) -> int:
     try:
         if provision_after:
             from worker.config.telephony import load_telephony
@@ -67,8 +95,8 @@ async def run_up(
                 result = await provision(tel, stack.livekit_url, stack.api_key, stack.api_secret)
                 for line in result.summary_lines():
                     _say(f"provision: {line}")
-            except ProvisionError as err:
-                _say(f"provision failed: {err}")
+            except (ProvisionError, ConfigError) as err:
+                _say(f"provision failed (the stack keeps running): {err}")
         _say("stack is up (Ctrl-C or SIGTERM stops it):")
         for line in _status_lines(stack, files, sup):
             _say("  " + line)
@@ -76,8 +104,6 @@ async def run_up(
         _say("stopping")
     finally:
         await sup.aclose()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     _say("stopped; no child left running")
     return 0
 
@@ -90,7 +116,9 @@ def _up(args: argparse.Namespace) -> int:
             print(f"  - {problem}", file=sys.stderr)
         return 2
     assert report.stack is not None
-    components = [c.strip() for c in args.components.split(",") if c.strip()]
+    # Resolved now, not at parser build time: other modules may register components later.
+    chosen = args.components or ",".join(COMPONENT_BUILDERS)
+    components = [c.strip() for c in chosen.split(",") if c.strip()]
     run_dir: Path = args.run_dir or (
         project_root() / ".run" / f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -107,9 +135,9 @@ def register(subparsers: Any) -> None:
     add_common_arguments(up)
     up.add_argument(
         "--components",
-        default=",".join(CORE_COMPONENTS),
-        help="comma-separated components to start, in stack order "
-        f"(default: {','.join(CORE_COMPONENTS)})",
+        default=None,
+        help="comma-separated components to start, in stack order (default: every registered "
+        f"component: {','.join(CORE_COMPONENTS)} and any added to COMPONENT_BUILDERS)",
     )
     up.add_argument("--run-dir", type=Path, default=None, help="where configs and logs go")
     up.add_argument(

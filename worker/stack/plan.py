@@ -134,7 +134,10 @@ def _sip(ctx: PlanContext) -> ProcessSpec:
     )
 
 
-# name -> builder. Order of this mapping is the start order; shutdown is the reverse.
+# name -> builder. Order of this mapping is the start order; shutdown is the reverse. To add a
+# component (e.g. the inference server, then the agent), register it at import time of your
+# module:  COMPONENT_BUILDERS["inference"] = build_inference_spec  (a PlanContext -> ProcessSpec
+# function; use voicestack_argv("inference-server", ...) and a HealthCheck on GET /readyz).
 COMPONENT_BUILDERS: dict[str, Callable[[PlanContext], ProcessSpec]] = {
     "redis": _redis,
     "livekit": _livekit,

@@ -120,15 +120,18 @@ def preflight(specs: list[ProcessSpec]) -> list[str]:
     return problems
 
 
+# asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for can swallow a cancellation
+# that arrives as the inner await completes (bpo-42130), which made `up` miss a Ctrl-C.
 async def _http_status(host: str, port: int, path: str, limit_s: float) -> int:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit_s)
-    try:
-        request = f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
-        writer.write(request.encode("ascii"))
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), limit_s)
-    finally:
-        writer.close()
+    async with asyncio.timeout(limit_s):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            request = f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode("ascii"))
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
     parts = line.decode("latin-1").split()
     if len(parts) < 2 or not parts[1].isdigit():
         return 0
@@ -136,13 +139,14 @@ async def _http_status(host: str, port: int, path: str, limit_s: float) -> int:
 
 
 async def _redis_ping(host: str, port: int, limit_s: float) -> bool:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit_s)
-    try:
-        writer.write(b"PING\r\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), limit_s)
-    finally:
-        writer.close()
+    async with asyncio.timeout(limit_s):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
     return line.startswith((b"+PONG", b"-NOAUTH"))
 
 
@@ -154,7 +158,8 @@ async def probe(check: HealthCheck, limit_s: float = 2.0) -> bool:
             return status in check.ok_statuses
         if check.kind == "redis":
             return await _redis_ping(check.host, check.port, limit_s)
-        _, writer = await asyncio.wait_for(asyncio.open_connection(check.host, check.port), limit_s)
+        async with asyncio.timeout(limit_s):
+            _, writer = await asyncio.open_connection(check.host, check.port)
         writer.close()
         return True
     except (OSError, TimeoutError, asyncio.IncompleteReadError):

@@ -314,23 +314,19 @@ class Supervisor:
             self._event(child, f"stopping (signal {signal.Signals(child.spec.stop_signal).name})")
             child.signal_group(child.spec.stop_signal)
             half = child.spec.stop_timeout_s / 2
-            try:
-                try:
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), half)
-                except TimeoutError:
-                    # A second signal means "now" to livekit-server (force stop) and to many
-                    # servers; livekit-server stopped right after start can hang otherwise.
-                    self._event(child, f"still running after {half:g} s; repeating the signal")
-                    child.signal_group(child.spec.stop_signal)
-                    await asyncio.wait_for(proc.wait(), half)
-            except TimeoutError:
-                self._event(
-                    child,
-                    f"still running after {child.spec.stop_timeout_s:g} s; sending SIGKILL",
-                    logging.WARNING,
-                )
-                child.signal_group(signal.SIGKILL)
-                await proc.wait()
+            if not await _exited_within(proc, half):
+                # A second signal means "now" to livekit-server (force stop) and to many
+                # servers; livekit-server stopped right after start can hang otherwise.
+                self._event(child, f"still running after {half:g} s; repeating the signal")
+                child.signal_group(child.spec.stop_signal)
+                if not await _exited_within(proc, half):
+                    self._event(
+                        child,
+                        f"still running after {child.spec.stop_timeout_s:g} s; sending SIGKILL",
+                        logging.WARNING,
+                    )
+                    child.signal_group(signal.SIGKILL)
+                    await proc.wait()
             self._event(child, f"stopped (exit code {proc.returncode})")
         # Whatever the child forked into its group dies with it.
         child.signal_group(signal.SIGKILL)
@@ -339,6 +335,16 @@ class Supervisor:
             child.log_file.close()
             child.log_file = None
         await self._notify()
+
+
+async def _exited_within(proc: asyncio.subprocess.Process, limit_s: float) -> bool:
+    # asyncio.timeout rather than wait_for: see worker.stack.process (bpo-42130).
+    try:
+        async with asyncio.timeout(limit_s):
+            await proc.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _open_log(path: Path) -> IO[bytes]:
