@@ -108,3 +108,14 @@ def test_prompt_longer_than_the_context_is_refused(llm_engine: LlmEngine) -> Non
     huge = [ChatMessage("user", "word " * 5000)]
     with pytest.raises(PromptTooLong):
         llm_engine.generate(huge, SamplingParams(max_tokens=4), lambda: False)
+
+
+def test_seed_reproduces_and_unseeded_requests_do_not_inherit_it(llm_engine: LlmEngine) -> None:
+    def sample(seed: int | None) -> str:
+        params = SamplingParams(max_tokens=12, temperature=1.0, seed=seed)
+        return "".join(llm_engine.generate(STORY, params, lambda: False))
+
+    seeded = sample(7)
+    assert sample(7) == seeded
+    unseeded = {sample(None) for _ in range(3)}
+    assert len(unseeded) > 1  # random, not stuck on the previous request's seed

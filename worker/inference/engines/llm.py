@@ -175,8 +175,9 @@ class LlmEngine:
         gen: Generation,
     ) -> Iterator[str]:
         llm = self._llm
-        if params.seed is not None:
-            llm.set_seed(params.seed)
+        # Always set it: the seed is sticky on the Llama object, and a request without one must
+        # not inherit the previous request's (LLAMA_DEFAULT_SEED lets llama.cpp pick at random).
+        llm.set_seed(params.seed if params.seed is not None else self._llama_cpp.LLAMA_DEFAULT_SEED)
         matcher = StopMatcher([*params.stop, *template_stops])
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         history = list(prompt)
