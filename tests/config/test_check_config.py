@@ -10,6 +10,7 @@ import yaml
 
 from worker.cli import main
 from worker.config.stack import Profile
+from worker.stack.plan import tool_path
 from worker.stack.render import LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, project_root
 from worker.telephony.checks import check_stack
 
@@ -52,20 +53,26 @@ def _root_with(tmp_path: Path, name: str, patch_file: str) -> Path:
     return root
 
 
+# Rule tests stay pure Python: livekit-server's own strict parse is tested separately below.
+NO_BINARY = Path("/nonexistent/livekit-server")
+
+
 def _problems(profile: str = "prod", env: dict | None = None, **kw: object) -> list[str]:
+    kw.setdefault("livekit_binary", NO_BINARY)
     return check_stack(profile, PROD_ENV if env is None else env, **kw).problems  # type: ignore[arg-type]
 
 
 def test_shipped_configs_pass_in_prod() -> None:
-    report = check_stack(Profile.PROD, PROD_ENV)
+    report = check_stack(Profile.PROD, PROD_ENV, livekit_binary=NO_BINARY)
     assert report.problems == []
+    assert report.notes and "did not run" in report.notes[0]  # said, never silently skipped
     assert report.telephony is not None
     assert report.telephony.trunks[0].numbers == ["+15550100"]  # the "+" survives substitution
     assert report.stack is not None and report.stack.livekit["port"] == 7880  # typed default
 
 
 def test_shipped_configs_pass_in_loopback_without_any_env() -> None:
-    report = check_stack(Profile.LOOPBACK, {})
+    report = check_stack(Profile.LOOPBACK, {}, livekit_binary=NO_BINARY)
     assert report.problems == []
     assert report.stack is not None
     assert report.stack.livekit["rtc"]["node_ip"] == "127.0.0.1"
@@ -158,3 +165,14 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     broken.write_text("LIVEKIT_API_KEY=x\nthis line is not an assignment\n")
     assert main(["check-config", "--env-file", str(broken)]) == 2
     assert f"{broken}:2: expected KEY=value" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_livekit_server_strict_parser_checks_the_rendered_config(tmp_path: Path) -> None:
+    binary = tool_path("livekit-server")
+    report = check_stack(Profile.PROD, PROD_ENV, livekit_binary=binary)
+    assert report.problems == [] and report.notes == []
+    root = _root_with(tmp_path, LIVEKIT_CONFIG, "livekit_unknown_key.yaml")
+    problems = check_stack(Profile.PROD, PROD_ENV, root=root, livekit_binary=binary).problems
+    assert len(problems) == 1, problems
+    assert "livekit-server rejects it" in problems[0] and "field bogus_key not found" in problems[0]

@@ -61,6 +61,8 @@ def _check_config(args: argparse.Namespace) -> int:
         _print_problems(report)
         return 2
     assert report.stack is not None and report.telephony is not None
+    for note in report.notes:
+        print(f"check-config: note: {note}")
     tel = report.telephony
     print(
         f"check-config: OK (profile {args.profile}): livekit-server.yaml, sip-config.yaml, "
