@@ -6,6 +6,7 @@ batching); that reference is itself checked against llama-cpp-python's high-leve
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -272,6 +273,30 @@ def test_lru_eviction_of_sequence_ids_keeps_outputs_correct(model: LlamaModel) -
         assert [engine.cached_tokens(f"c{i}") > 0 for i in range(4)] == [False, False, True, True]
     for i in range(4):
         assert results[f"r{i}"].tokens == alone(model, chat(PROMPTS[i]), params).tokens
+
+
+def test_shared_pool_output_does_not_depend_on_neighbour_content(model: LlamaModel) -> None:
+    """With kv_unified a call's logits depend (slightly) on where its cells sit, but never on
+    what other calls said: same layout, different neighbour tokens, identical output."""
+    target = model.chat_tokens(chat(PROMPTS[3]))
+    params = SamplingParams(max_tokens=8)
+
+    def run(seed: int) -> tuple[list[int], list[str | None]]:
+        rnd = random.Random(seed)
+        results: dict[str, Result] = {}
+        with make_engine(model, kv_unified=True) as engine:
+            for i in range(3):
+                neighbour = [rnd.randrange(1000, 40000) for _ in range(30)]
+                engine.add_tokens(f"n{i}", f"n{i}", neighbour, params)
+            engine.add_tokens("t", "t", target, params)
+            run_to_end(engine, results)
+        return results["t"].tokens, [results[f"n{i}"].finish_reason for i in range(3)]
+
+    tokens_a, finish_a = run(1)
+    tokens_b, finish_b = run(2)
+    # Same layout in every step: every neighbour ran its full 8 tokens in both runs.
+    assert finish_a == finish_b == ["length"] * 3
+    assert tokens_a == tokens_b
 
 
 def test_seeded_sampling_is_independent_of_batch_neighbours(model: LlamaModel) -> None:
