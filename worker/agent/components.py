@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from worker.config.agent import load_agent_config
 from worker.config.stack import Profile
 from worker.stack.plan import COMPONENT_BUILDERS, PlanContext, voicestack_argv
 from worker.stack.ports import free_port
@@ -66,15 +67,18 @@ def agent_spec(
     *,
     config: Path | None = None,
     ready_port: int | None = None,
-    drain_timeout_s: float = 30.0,
+    drain_timeout_s: float | None = None,
 ) -> ProcessSpec:
     """``voicestack agent start`` against this stack's LiveKit and inference server.
 
-    ``drain_timeout_s`` bounds how long the supervisor waits after SIGTERM (the worker drains
-    live calls first) before it kills the process group.
+    After SIGTERM the worker drains live calls (up to the config's ``drain_timeout_s``); the
+    supervisor waits that long plus a margin before it kills the process group, unless
+    ``drain_timeout_s`` sets a shorter bound (tests, the demo: their calls are over by then).
     """
     port = ready_port if ready_port is not None else free_port("127.0.0.1")
     cfg = config or project_root() / "config" / "agent.yaml"
+    if drain_timeout_s is None:
+        drain_timeout_s = load_agent_config(cfg).worker.drain_timeout_s + 15.0
     return ProcessSpec(
         name="agent",
         argv=voicestack_argv(
@@ -105,7 +109,7 @@ def agent_spec(
 
 def voice_specs(stack: RenderedStack, files: RunFiles) -> list[ProcessSpec]:
     """``extra_specs`` for :func:`worker.stack.loopback.loopback_stack`: inference, then agent."""
-    return [inference_spec(stack), agent_spec(stack)]
+    return [inference_spec(stack), agent_spec(stack, drain_timeout_s=30.0)]
 
 
 def _inference_builder(ctx: PlanContext) -> ProcessSpec:
