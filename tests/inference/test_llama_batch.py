@@ -187,6 +187,35 @@ def test_cancelled_sequence_emits_nothing_and_leaks_into_no_other_call(
     assert results["r1"].tokens == alone(model, chat(PROMPTS[1]), GREEDY).tokens[:n_before]
 
 
+def test_cancel_mid_prefill_keeps_the_prefilled_prefix_and_drop_call_frees_it(
+    model: LlamaModel,
+) -> None:
+    messages = chat(PROMPTS[2])
+    prompt_len = len(model.chat_tokens(messages))
+    results: dict[str, Result] = {}
+    with make_engine(model) as engine:
+        engine.add("early", "call", messages, GREEDY)
+        assert engine.cancel("early")  # still waiting: nothing was in the KV
+        assert engine.cached_tokens("call") == 0
+        engine.add("partial", "call", messages, GREEDY)
+        assert engine.step(max_prefill_tokens=8) == []  # 8 of the prompt's tokens prefilled
+        assert engine.cancel("partial")
+        assert engine.cached_tokens("call") == 8
+        engine.verify_kv()
+        engine.add("full", "call", messages, GREEDY)
+        run_to_end(engine, results)
+        assert results["full"].outputs[-1].reused_tokens == 8
+        assert engine.counters.prefill_tokens == prompt_len  # 8 + the rest, nothing twice
+        engine.drop_call("call")
+        assert engine.cached_tokens("call") == 0
+        engine.verify_kv()
+        engine.add("fresh", "call", messages, GREEDY)
+        run_to_end(engine, results)
+        assert results["fresh"].outputs[-1].reused_tokens == 0
+    reference = alone(model, messages, GREEDY).tokens
+    assert results["full"].tokens == results["fresh"].tokens == reference
+
+
 def test_max_tokens_and_stop_strings_are_honoured(model: LlamaModel) -> None:
     ref = alone(model, chat(PROMPTS[4]), GREEDY)
     words = ref.text.split()
