@@ -226,6 +226,44 @@ async def test_matching_invite_reaches_dispatch_and_creates_a_room(
         await asyncio.to_thread(proc.wait, 30)
 
 
+@pytest.mark.sip
+async def test_a_call_makes_no_public_stun_or_dns_lookup(
+    provisioned: LoopbackStack, tmp_path: Path
+) -> None:
+    """Zero egress for STUN: while a call is set up (livekit-sip joins the room as a WebRTC
+    participant and gets livekit-server's ICE servers) nobody asks DNS for a STUN host or
+    sends a STUN packet off loopback. Without the local stun_servers entry livekit-server
+    hands out Google's/Twilio's STUN servers; with use_external_ip it resolves
+    global.stun.twilio.com and stun.l.google.com at start (both seen with this filter)."""
+    capture = await asyncio.create_subprocess_exec(
+        "tshark", "-i", "any", "-l", "-n",
+        "-f", "port 53 or udp port 3478 or udp port 19302",
+        "-Y", 'dns.qry.name contains "stun" or (stun and not ip.dst == 127.0.0.0/8)',
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert capture.stderr is not None and capture.stdout is not None
+    try:
+        await _read_until(capture.stderr, r"Capturing on", [], 30)
+        trace = tmp_path / "sipp.log"
+        proc = _sipp(provisioned, TRUNK_NUMBER, "127.0.0.1", 20, trace)
+        try:
+            rooms_before = await _room_names(provisioned)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+                if await _room_names(provisioned) - rooms_before:
+                    break
+            await asyncio.sleep(3)  # the SIP participant gathers its ICE candidates
+        finally:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 30)
+    finally:
+        capture.terminate()
+        out, _ = await capture.communicate()
+    assert 180 in _responses(trace)
+    assert out.decode(errors="replace").strip() == ""
+
+
 # -- voicestack up -------------------------------------------------------------------------
 
 
