@@ -8,19 +8,15 @@ a local ONNX file and synthesis runs in onnxruntime with a pinned thread count.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "ROUNDTRIP_SENTENCES",
-    "normalize_words",
-    "resample_fft",
-    "synthesize_16k",
-    "word_error_rate",
-]
+from worker.inference.audio import resample
+from worker.inference.wer import normalize_words, word_error_rate
+
+__all__ = ["ROUNDTRIP_SENTENCES", "corpus_word_error_rate", "synthesize_16k"]
 
 ROUNDTRIP_SENTENCES: tuple[str, ...] = (
     "Thank you for calling, how can I help you today?",
@@ -33,56 +29,56 @@ ROUNDTRIP_SENTENCES: tuple[str, ...] = (
     "I forgot my password and the reset link does not work.",
     "What are your opening hours on the weekend?",
     "Could you repeat that more slowly?",
+    "No.",
+    "Okay, thanks.",
+    "Hi, it's me again.",
+    "I need help with my bill.",
+    "Where is my refund?",
+    "That is not what I asked for.",
+    "Can I speak to a manager?",
+    "I already tried restarting the router.",
+    "Sure, go ahead.",
+    "The card was declined twice yesterday.",
+    "Please hold on a second.",
+    "Is there a cheaper plan available?",
+    "I moved to a new address last month.",
+    "Goodbye.",
+    "My name is John Smith.",
+    "It says the service is unavailable.",
+    "I'm not sure, let me check.",
+    "Why was I charged twice for the same thing?",
+    "Alright, that works for me.",
+    "Could you send it by text message instead?",
+    "Hello, I am calling because I received a letter about a change to my account and I do not "
+    "understand what it means or what I should do next.",
+    "I have been a customer for many years and I have never had a problem like this before, so "
+    "I would really appreciate it if someone could look into it today.",
 )
-"""Call-center style sentences from one word to about five seconds, without digits (Whisper
-writes numbers as digits, which would count as errors against spelled-out references)."""
+"""Call-center style utterances from half a second to about eight seconds, mostly short (as
+caller turns are), without digits (Whisper writes numbers as digits, which would count as
+errors against spelled-out references)."""
 
 
-def normalize_words(text: str) -> list[str]:
-    """Lowercase words without punctuation (apostrophes kept: "don't" is one word)."""
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Corpus WER: total word edits (substitutions, insertions, deletions) / reference words."""
+def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER: total word edits over total reference words (long sentences weigh more than
+    one-word answers, unlike a mean of per-sentence rates)."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    edits = 0
-    words = 0
-    for ref_text, hyp_text in zip(references, hypotheses, strict=True):
-        ref, hyp = normalize_words(ref_text), normalize_words(hyp_text)
-        words += len(ref)
-        # Levenshtein distance over words, one row at a time.
-        row = list(range(len(hyp) + 1))
-        for i, r in enumerate(ref, start=1):
-            prev_diag, row[0] = row[0], i
-            for j, h in enumerate(hyp, start=1):
-                prev_diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev_diag + (r != h))
-        edits += row[-1]
-    if words == 0:
+    lengths = [len(normalize_words(ref)) for ref in references]
+    if sum(lengths) == 0:
         raise ValueError("references contain no words")
-    return edits / words
-
-
-def resample_fft(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Band-limited resampling of a whole clip by truncating (or zero-extending) its spectrum.
-
-    Exact for the clip treated as periodic; the spectrum cut is the anti-aliasing filter that
-    plain interpolation lacks when going down from 22.05 kHz.
-    """
-    x = np.asarray(samples, dtype=np.float64)
-    if src_rate == dst_rate or x.size == 0:
-        return x.astype(np.float32)
-    n_out = round(x.size * dst_rate / src_rate)
-    spectrum = np.fft.rfft(x)
-    out = np.fft.irfft(spectrum[: n_out // 2 + 1], n=n_out) * (n_out / x.size)
-    return out.astype(np.float32)
+    edits = sum(
+        word_error_rate(ref, hyp) * n
+        for ref, hyp, n in zip(references, hypotheses, lengths, strict=True)
+    )
+    return edits / sum(lengths)
 
 
 def synthesize_16k(texts: Sequence[str], voice_onnx: Path, *, threads: int = 2) -> list[np.ndarray]:
     """Speak each text with a Piper voice; float32 16 kHz mono clips in [-1, 1].
 
-    Noise scales are zero so the clips (and hence measured WERs) are reproducible.
+    Noise scales are zero so the clips (and hence measured WERs) are reproducible; the server's
+    TTS engine keeps Piper's default noise, which is why this does not reuse it.
     """
     import onnxruntime
     from piper import PiperVoice, SynthesisConfig
@@ -92,6 +88,7 @@ def synthesize_16k(texts: Sequence[str], voice_onnx: Path, *, threads: int = 2) 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     voice = PiperVoice(
         session=onnxruntime.InferenceSession(
             str(voice_onnx), sess_options=options, providers=["CPUExecutionProvider"]
@@ -105,5 +102,5 @@ def synthesize_16k(texts: Sequence[str], voice_onnx: Path, *, threads: int = 2) 
         if not chunks:
             raise ValueError(f"Piper produced no audio for {text!r}")
         audio = np.concatenate(chunks)
-        clips.append(resample_fft(audio, voice.config.sample_rate, 16_000))
+        clips.append(resample(audio, voice.config.sample_rate, 16_000))
     return clips
