@@ -10,14 +10,17 @@ binary or model fails.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from worker.config.telephony import TelephonyConfig, load_telephony
 from worker.stack.loopback import LoopbackStack, loopback_stack
 from worker.stack.plan import SIP_UNAVAILABLE, tool_path
+from worker.telephony.provision import ProvisionResult, provision
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,3 +60,16 @@ def sip_stack(livekit_stack: LoopbackStack) -> LoopbackStack:
     if livekit_stack.sip_address is None:
         pytest.fail(f"sip_stack used outside a sip-marked test: {SIP_UNAVAILABLE}")
     return livekit_stack
+
+
+@pytest.fixture(scope="session")
+def provisioned_stack(
+    livekit_stack: LoopbackStack,
+) -> tuple[LoopbackStack, TelephonyConfig, ProvisionResult]:
+    """``livekit_stack`` with the shipped ``config/telephony.yaml`` provisioned (loopback values:
+    trunk number +15550100, callers from 127.0.0.1/32, rule dispatching ``agent_name``)."""
+    cfg = load_telephony(livekit_stack.rendered.telephony_path, livekit_stack.rendered.env)
+    result = asyncio.run(
+        provision(cfg, livekit_stack.livekit_url, livekit_stack.api_key, livekit_stack.api_secret)
+    )
+    return livekit_stack, cfg, result

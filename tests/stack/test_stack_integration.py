@@ -23,7 +23,7 @@ from worker.config.telephony import TelephonyConfig, load_telephony
 from worker.stack.loopback import LoopbackStack
 from worker.stack.ports import free_port
 from worker.stack.process import HealthCheck, probe
-from worker.telephony.provision import ProvisionError, provision
+from worker.telephony.provision import ProvisionError, ProvisionResult, provision
 
 pytestmark = pytest.mark.integration
 
@@ -77,14 +77,15 @@ async def test_sip_is_healthy(sip_stack: LoopbackStack) -> None:
 
 
 async def test_provision_twice_changes_nothing_and_updates_in_place(
-    livekit_stack: LoopbackStack,
+    provisioned_stack: tuple[LoopbackStack, TelephonyConfig, ProvisionResult],
 ) -> None:
-    cfg = _telephony(livekit_stack)
+    livekit_stack, cfg, first = provisioned_stack
+    assert set(first.trunk_ids) == {"pbx-main"} and set(first.rule_ids) == {"pbx-main-to-agent"}
     args = (livekit_stack.livekit_url, livekit_stack.api_key, livekit_stack.api_secret)
-    await provision(cfg, *args)
     before = await _snapshot(livekit_stack)
     again = await provision(cfg, *args)
     assert not again.changed
+    assert again.trunk_ids == first.trunk_ids and again.rule_ids == first.rule_ids
     assert sorted(again.unchanged) == ["dispatch rule pbx-main-to-agent", "trunk pbx-main"]
     assert await _snapshot(livekit_stack) == before  # identical trunk/rule set, same IDs
 
