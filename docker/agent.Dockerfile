@@ -25,7 +25,9 @@ FROM ${PYTHON_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 10001 --create-home --shell /usr/sbin/nologin voicestack
+ && useradd --uid 10001 --create-home --shell /usr/sbin/nologin voicestack \
+ && mkdir -p /rendered && chown 10001:10001 /rendered
+# /rendered: an empty named volume mounted there takes this owner, so `render` can write to it.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY livekit-server.yaml sip-config.yaml ./
