@@ -84,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--limit-ms", type=float, help="p95 compute target for capacity (600)")
     p.add_argument("--max-tokens", type=int, help=f"LLM answer length ({d.max_tokens})")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
+    p.add_argument("--sequential", dest="interleave", action="store_false", default=None,
+                   help="one mode after the other (default: alternate point by point)")  # fmt: skip
     p.add_argument("--no-interim", dest="interim", action="store_false", default=None,
                    help="STT without interim transcripts (isolates their cost)")  # fmt: skip
     p.add_argument("--out-dir", type=Path, default=d.out_dir, help="JSON and PNG go here")
@@ -98,7 +100,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     values: dict[str, Any] = dict(_QUICK) if args.quick else {}
     for key in (
         "modes", "ladder", "report_n", "refine", "max_points", "turns_per_call", "point_s",
-        "stagger_s", "seed", "limit_ms", "max_tokens", "warmup", "interim",
+        "stagger_s", "seed", "limit_ms", "max_tokens", "warmup", "interim", "interleave",
     ):  # fmt: skip
         value = getattr(args, key)
         if value is not None:

@@ -7,6 +7,7 @@ so their ratio holds even when the machine is noisy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -53,6 +54,9 @@ class BenchOptions:
     seed: int = 0
     limit_ms: float = 600.0
     warmup: bool = True
+    interleave: bool = True
+    """Keep every mode's server up and alternate modes point by point (else one after the
+    other, one server at a time)."""
     max_tokens: int = 40
     temperature: float = 0.7
     interim: bool = True
@@ -73,52 +77,84 @@ class BenchOptions:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-async def _sweep_mode(
-    mode: str, opts: BenchOptions, utterances: Sequence[Utterance], run_dir: Path
-) -> ModeResult:
-    config = write_mode_config(opts.config, mode, run_dir / f"inference-{mode}.yaml")
-    server_log = run_dir / f"server-{mode}.log"
-    result = ModeResult(mode=mode, server_log=str(server_log))
-    plan = SweepPlan.build(opts.ladder, opts.report_n, opts.refine)
-    async with InferenceServerProcess(
-        config, server_log, startup_timeout_s=opts.startup_timeout_s
-    ) as server:
-        settings = CallSettings(
+class _ModeSweep:
+    """One mode's server and sweep state; :meth:`step` measures the next point."""
+
+    def __init__(
+        self,
+        mode: str,
+        opts: BenchOptions,
+        utterances: Sequence[Utterance],
+        server: InferenceServerProcess,
+    ) -> None:
+        self.mode = mode
+        self.opts = opts
+        self.utterances = utterances
+        self.server = server
+        self.result = ModeResult(mode=mode, server_log=str(server.log_path))
+        self.plan = SweepPlan.build(opts.ladder, opts.report_n, opts.refine)
+        self.verdicts: dict[int, bool] = {}
+        self.settings = CallSettings(
             url=server.stream_url,
             max_tokens=opts.max_tokens,
             temperature=opts.temperature,
             interim=opts.interim,
             turn_timeout_s=opts.turn_timeout_s,
         )
-        log.info("[%s] server ready on %s", mode, server.base_url)
-        if opts.warmup:
-            # The first requests pay one-time costs (allocations, caches); keep them out.
-            warm = await _point(mode, 1, 1, 0.0, opts, settings, utterances, prefix="warmup")
-            if warm.completed == 0:
-                raise BenchError(f"[{mode}] the warm-up turn failed: {_first_error(warm)}")
-        verdicts: dict[int, bool] = {}
-        while len(result.points) < opts.max_points:
-            n = next_point(plan, verdicts)
-            if n is None:
-                break
-            point = await _point(
-                mode, n, opts.turns_per_call, opts.stagger_s, opts, settings, utterances
-            )
-            point.server_idle_after = await wait_idle(server.base_url)
-            point.host_load_1m = round(os.getloadavg()[0], 2)
-            verdicts[n] = point.passed
-            result.points.append(point)
-            c = point.stage("compute")
-            log.info(
-                "[%s] N=%d: %s; %d ok, %d refused, %d errors; compute p50 %s p95 %s ms; "
-                "%.2f turns/s; load %.2f",
-                mode, n, "pass" if point.passed else "FAIL", point.completed, point.refused,
-                point.errors, _f(c.p50), _f(c.p95), point.throughput_tps, point.host_load_1m,
-            )  # fmt: skip
-            if point.errors:
-                log.warning("[%s] N=%d first error: %s", mode, n, _first_error(point))
-        result.capacity = capacity(verdicts)
-    return result
+
+    async def warm_up(self) -> None:
+        """One discarded turn: the first requests pay one-time costs (allocations, caches)."""
+        warm = await _point(
+            self.mode, 1, 1, 0.0, self.opts, self.settings, self.utterances, prefix="warmup"
+        )
+        if warm.completed == 0:
+            raise BenchError(f"[{self.mode}] the warm-up turn failed: {_first_error(warm)}")
+
+    async def step(self) -> bool:
+        """Measure the next point of the sweep; ``False`` once the sweep is complete."""
+        if len(self.result.points) >= self.opts.max_points:
+            return False
+        n = next_point(self.plan, self.verdicts)
+        if n is None:
+            return False
+        mode, opts = self.mode, self.opts
+        point = await _point(
+            mode, n, opts.turns_per_call, opts.stagger_s, opts, self.settings, self.utterances
+        )
+        point.server_idle_after = await wait_idle(self.server.base_url)
+        point.host_load_1m = round(os.getloadavg()[0], 2)
+        self.verdicts[n] = point.passed
+        self.result.points.append(point)
+        self.result.capacity = capacity(self.verdicts)
+        c = point.stage("compute")
+        log.info(
+            "[%s] N=%d: %s; %d ok, %d refused, %d errors; compute p50 %s p95 %s ms; "
+            "%.2f turns/s; load %.2f",
+            mode, n, "pass" if point.passed else "FAIL", point.completed, point.refused,
+            point.errors, _f(c.p50), _f(c.p95), point.throughput_tps, point.host_load_1m,
+        )  # fmt: skip
+        if point.errors:
+            log.warning("[%s] N=%d first error: %s", mode, n, _first_error(point))
+        return True
+
+
+async def _start_sweep(
+    stack: contextlib.AsyncExitStack,
+    mode: str,
+    opts: BenchOptions,
+    utterances: Sequence[Utterance],
+    run_dir: Path,
+) -> _ModeSweep:
+    config = write_mode_config(opts.config, mode, run_dir / f"inference-{mode}.yaml")
+    server = InferenceServerProcess(
+        config, run_dir / f"server-{mode}.log", startup_timeout_s=opts.startup_timeout_s
+    )
+    await stack.enter_async_context(server)
+    log.info("[%s] server ready on %s", mode, server.base_url)
+    sweep = _ModeSweep(mode, opts, utterances, server)
+    if opts.warmup:
+        await sweep.warm_up()
+    return sweep
 
 
 async def _point(
@@ -170,8 +206,24 @@ def machine_info() -> dict[str, object]:
 async def _run_modes(
     opts: BenchOptions, utterances: Sequence[Utterance], result: BenchResult, run_dir: Path
 ) -> None:
-    for mode in opts.modes:
-        result.modes[mode] = await _sweep_mode(mode, opts, utterances, run_dir)
+    if not opts.interleave:
+        for mode in opts.modes:
+            async with contextlib.AsyncExitStack() as stack:
+                sweep = await _start_sweep(stack, mode, opts, utterances, run_dir)
+                result.modes[mode] = sweep.result
+                while await sweep.step():
+                    pass
+        return
+    # Interleaved: every mode's server stays up (idle ones use no CPU) and the modes take
+    # turns point by point, so slow drifts in the machine's background load hit both alike.
+    async with contextlib.AsyncExitStack() as stack:
+        sweeps = []
+        for mode in opts.modes:
+            sweep = await _start_sweep(stack, mode, opts, utterances, run_dir)
+            result.modes[mode] = sweep.result
+            sweeps.append(sweep)
+        while sweeps:
+            sweeps = [sweep for sweep in sweeps if await sweep.step()]
 
 
 def run_bench(opts: BenchOptions, voice_onnx: Path) -> tuple[BenchResult, str]:
