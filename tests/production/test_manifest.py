@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.models.download import sha256_file, verify_set
 from worker.models.manifest import (
     DEFAULT_MANIFEST,
     LlmEngine,
@@ -156,3 +157,16 @@ def test_downloaded_model_rules() -> None:
 def test_missing_manifest_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="model manifest not found"):
         load_manifest(tmp_path / "absent.toml")
+
+
+def test_bundled_set_verifies_including_the_pinned_silero_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = load_manifest(DEFAULT_MANIFEST)
+    assert verify_set(manifest, "bundled", tmp_path)
+    out = capsys.readouterr().out
+    assert "silero_vad.onnx" in out and "BAD" not in out and "MISSING" not in out
+    silero = manifest.model_set("gpu-en").vad
+    assert silero.package_sha256 is not None
+    assert sha256_file(silero.location(tmp_path)).hexdigest() == silero.package_sha256
+    assert silero.location(tmp_path).stat().st_size == silero.package_size
