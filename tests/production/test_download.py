@@ -242,7 +242,7 @@ def test_mirror_dir_works_without_network(tmp_path: Path) -> None:
 
 
 def test_mirror_dir_with_corrupt_copy_is_refused(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "manifest.toml", "http://127.0.0.1:9")
+    manifest = write_manifest(tmp_path / "manifest.toml", f"http://127.0.0.1:{_free_closed_port()}")
     mirror = tmp_path / "mirror"
     for relpath, data in FILES.items():
         (mirror / relpath).parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,9 @@ def test_mirror_dir_with_corrupt_copy_is_refused(tmp_path: Path) -> None:
 
 
 def test_mirror_url(tmp_path: Path, server: FileServer) -> None:
-    manifest = write_manifest(tmp_path / "manifest.toml", "http://127.0.0.1:9/nowhere")
+    manifest = write_manifest(
+        tmp_path / "manifest.toml", f"http://127.0.0.1:{_free_closed_port()}/x"
+    )
     server.state.files = {f"/mirror/{k}": v for k, v in FILES.items()}
     models = tmp_path / "models"
     assert _run(manifest, models, "--mirror", f"{server.url}/mirror/") == 0
