@@ -608,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        return 0
     except OSError as err:
         if err.errno == errno.ENOSPC:
             print(f"error: disk full: {err}", file=sys.stderr)
