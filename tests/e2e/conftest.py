@@ -20,15 +20,21 @@ class VoiceStack:
     livekit: LoopbackStack
     inference_url: str
     agent_name: str
+    supervisor: BackgroundSupervisor
+    agent_ready_url: str
 
 
 @pytest.fixture(scope="module")
 def voice_stack(livekit_stack: LoopbackStack) -> Iterator[VoiceStack]:
     specs = voice_specs(livekit_stack.rendered, livekit_stack.files)
+    agent = next(s for s in specs if s.name == "agent")
+    assert agent.health is not None
     cfg = load_agent_config(project_root() / "config" / "agent.yaml")
-    with BackgroundSupervisor(specs, livekit_stack.run_dir / "voice"):
+    with BackgroundSupervisor(specs, livekit_stack.run_dir / "voice") as sup:
         yield VoiceStack(
             livekit=livekit_stack,
             inference_url=inference_url(livekit_stack.rendered),
             agent_name=cfg.worker.agent_name,
+            supervisor=sup,
+            agent_ready_url=f"http://127.0.0.1:{agent.health.port}/readyz",
         )

@@ -9,79 +9,21 @@ utterance, and that hanging up mid-answer ends the agent job and frees its infer
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
-from tests_e2e_support import wait_until
+from tests_e2e_support import agent_rooms, capacity, place_call, wait_until
 
-from worker.caller.demo import CallOutcome, place_scripted_call
+from worker.caller.demo import CallOutcome
 from worker.caller.transport import HangUp
 from worker.caller.utterances import DEFAULT_QUESTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 GREETING_WORDS = {"thank", "thanks", "calling", "support", "help", "northwind", "north", "today"}
-
-
-def _call(voice_stack: Any, transport: str, tmp_path: Path, **kw: Any) -> CallOutcome:
-    lk = voice_stack.livekit
-    number = "+15550100"  # the loopback profile's PBX_NUMBER on the shipped trunk
-    if transport == "sip":
-        from worker.config.telephony import load_telephony
-        from worker.telephony.provision import provision
-
-        env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **lk.rendered.env}
-        tel = load_telephony(lk.rendered.telephony_path, env)
-        asyncio.run(provision(tel, lk.livekit_url, lk.api_key, lk.api_secret))
-        number = tel.trunks[0].numbers[0]
-    return asyncio.run(
-        place_scripted_call(
-            transport=transport,
-            ws_url=lk.ws_url,
-            api_key=lk.api_key,
-            api_secret=lk.api_secret,
-            agent_name=voice_stack.agent_name,
-            inference_url=voice_stack.inference_url,
-            work_dir=tmp_path,
-            sip_address=lk.sip_address,
-            sip_number=number,
-            greeting_wait_s=9.0,
-            answer_wait_s=14.0,
-            **kw,
-        )
-    )
-
-
-def _capacity(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/v1/capacity", timeout=2) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
-    return data
-
-
-def _agent_rooms(voice_stack: Any) -> list[str]:
-    """Rooms in which an agent participant is still present."""
-    lk = voice_stack.livekit
-
-    async def query() -> list[str]:
-        async with api.LiveKitAPI(lk.livekit_url, lk.api_key, lk.api_secret) as client:
-            rooms = await client.room.list_rooms(api.ListRoomsRequest())
-            busy = []
-            for room in rooms.rooms:
-                parts = await client.room.list_participants(
-                    api.ListParticipantsRequest(room=room.name)
-                )
-                if any(p.kind == api.ParticipantInfo.Kind.AGENT for p in parts.participants):
-                    busy.append(room.name)
-            return busy
-
-    return asyncio.run(query())
 
 
 def _check_conversation(outcome: CallOutcome, questions: int) -> None:
@@ -108,23 +50,23 @@ def _check_hangup_frees_everything(voice_stack: Any, outcome: CallOutcome) -> No
     assert len(rec.samples) / rec.sample_rate - answer.end_s < 0.5
     hung_up_at = time.monotonic()
     wait_until(
-        lambda: not any(_capacity(voice_stack.inference_url)["active_streams"].values()),
+        lambda: not any(capacity(voice_stack.inference_url)["active_streams"].values()),
         limit_s=15,
         what="inference streams freed after hang-up",
     )
-    wait_until(lambda: not _agent_rooms(voice_stack), limit_s=15, what="agent job ended")
+    wait_until(lambda: not agent_rooms(voice_stack), limit_s=15, what="agent job ended")
     assert time.monotonic() - hung_up_at < 20
 
 
 def test_webrtc_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> None:
-    outcome = _call(voice_stack, "webrtc", tmp_path, questions=DEFAULT_QUESTIONS[:2])
+    outcome = place_call(voice_stack, "webrtc", tmp_path, questions=DEFAULT_QUESTIONS[:2])
     _check_conversation(outcome, 2)
 
 
 def test_webrtc_hangup_mid_answer_ends_job_and_frees_streams(
     voice_stack: Any, tmp_path: Path
 ) -> None:
-    outcome = _call(
+    outcome = place_call(
         voice_stack,
         "webrtc",
         tmp_path,
@@ -136,13 +78,13 @@ def test_webrtc_hangup_mid_answer_ends_job_and_frees_streams(
 
 @pytest.mark.sip
 def test_sip_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> None:
-    outcome = _call(voice_stack, "sip", tmp_path, questions=DEFAULT_QUESTIONS[:2])
+    outcome = place_call(voice_stack, "sip", tmp_path, questions=DEFAULT_QUESTIONS[:2])
     _check_conversation(outcome, 2)
 
 
 @pytest.mark.sip
 def test_sip_hangup_mid_answer_ends_job_and_frees_streams(voice_stack: Any, tmp_path: Path) -> None:
-    outcome = _call(
+    outcome = place_call(
         voice_stack,
         "sip",
         tmp_path,
