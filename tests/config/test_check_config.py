@@ -117,6 +117,10 @@ def test_telephony_rule_fixtures_fail(fixture: str, expected: str) -> None:
         (LIVEKIT_CONFIG, "livekit_no_stun.yaml", "rtc.stun_servers is empty"),
         (LIVEKIT_CONFIG, "livekit_use_external_ip.yaml", "rtc.use_external_ip: true"),
         (LIVEKIT_CONFIG, "livekit_development.yaml", "development: true"),
+        (LIVEKIT_CONFIG, "livekit_public_endpoints.yaml", "'jaeger.example.com' is a hostname"),
+        (LIVEKIT_CONFIG, "livekit_public_endpoints.yaml", "'8.8.8.8:6379' is a public address"),
+        (SIP_CONFIG, "sip_public_ws_url.yaml", "jaeger_url host '8.8.4.4' is a public address"),
+        (SIP_CONFIG, "sip_public_ws_url.yaml", "ws_url '1.1.1.1' is a public address"),
     ],
 )
 def test_server_config_fixtures_fail(

@@ -68,6 +68,21 @@ def _local_endpoint_problem(what: str, hostport: str) -> str | None:
     return None
 
 
+def _public_ip_problems(src: str, what: str, value: Any) -> list[str]:
+    """A public IP for something that must be local (a hostname such as a compose service
+    name is allowed here: it is how containers find redis or livekit-server)."""
+    if not value:
+        return []
+    text = str(value)
+    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    ip = _ip(host)
+    if ip is not None and ip.is_global:
+        return [
+            f"{src}: {what} {text!r} is a public address: the stack must not reach the internet"
+        ]
+    return []
+
+
 def check_api_keys(keys: Mapping[str, str], profile: Profile, source: str) -> list[str]:
     """API secrets of at least 32 characters, and no ``devkey`` outside the dev profile."""
     problems: list[str] = []
@@ -132,6 +147,14 @@ def check_livekit_server(conf: Mapping[str, Any]) -> list[str]:
         problem = _local_endpoint_problem("webhook url host", urlsplit(str(url)).hostname or "")
         if problem:
             problems.append(f"{src}: {problem}")
+    jaeger = (conf.get("trace") or {}).get("jaeger_url")
+    if jaeger:
+        problem = _local_endpoint_problem(
+            "trace.jaeger_url host", urlsplit(str(jaeger)).hostname or ""
+        )
+        if problem:
+            problems.append(f"{src}: {problem}")
+    problems += _public_ip_problems(src, "redis.address", (conf.get("redis") or {}).get("address"))
     if not (conf.get("redis") or {}).get("address"):
         problems.append(f"{src}: redis.address is not set: livekit-sip needs redis")
     if conf.get("keys"):
@@ -175,6 +198,9 @@ def check_sip(conf: Mapping[str, Any]) -> list[str]:
         problems.append(f"{src}: redis.address is required (livekit-sip refuses to start)")
     if not conf.get("ws_url"):
         problems.append(f"{src}: ws_url is required (the LiveKit server to join rooms on)")
+    else:
+        problems += _public_ip_problems(src, "ws_url", urlsplit(str(conf["ws_url"])).hostname)
+    problems += _public_ip_problems(src, "redis.address", (conf.get("redis") or {}).get("address"))
     if conf.get("jaeger_url"):
         problem = _local_endpoint_problem(
             "jaeger_url host", urlsplit(str(conf["jaeger_url"])).hostname or ""
