@@ -156,3 +156,47 @@ async def test_child_dying_before_healthy_fails_start_and_stops_the_rest(tmp_pat
     assert "bad config: nope" in str(err.value)  # the log tail is in the message
     pid = next(e for e in events if e.startswith("first: started pid")).split()[3].rstrip(":")
     assert not _alive(int(pid))
+
+
+# Counts SIGTERMs in a file; exits on the second one (like livekit-server's "force" stop).
+STUBBORN = """
+import signal, sys, time
+count = 0
+def on_term(signum, frame):
+    global count
+    count += 1
+    open(sys.argv[1], "w").write(str(count))
+    if count == 2:
+        sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("repeat", [True, False])
+async def test_stop_signal_is_repeated_only_when_asked(tmp_path: Path, repeat: bool) -> None:
+    counter = tmp_path / "terms"
+    spec = ProcessSpec(
+        name="stubborn",
+        argv=(PY, "-c", STUBBORN, str(counter)),
+        stop_timeout_s=2,
+        repeat_stop_signal=repeat,
+    )
+    events: list[str] = []
+    async with Supervisor([spec], tmp_path / "run", on_event=events.append) as sup:
+        pid = sup.child("stubborn").pid
+        assert pid is not None
+        for _ in range(100):  # wait until the handler is installed
+            if "\nready\n" in (tmp_path / "run" / "stubborn.log").read_text():
+                break
+            await asyncio.sleep(0.05)
+    assert not _alive(pid)
+    if repeat:
+        assert counter.read_text() == "2"
+        assert any("stopped (exit code 0)" in e for e in events)
+        assert not any("SIGKILL" in e for e in events)
+    else:
+        assert counter.read_text() == "1"  # a drain is never cut short by a second signal
+        assert any("sending SIGKILL" in e for e in events)

@@ -94,6 +94,8 @@ def _livekit(ctx: PlanContext) -> ProcessSpec:
         env={"LIVEKIT_KEYS": f"{stack.api_key}: {stack.api_secret}"},
         health=HealthCheck("http", stack.livekit_host, stack.livekit_port, "/"),
         start_timeout_s=30,
+        # SIGTERMed right after start, livekit-server can hang; its second signal forces it.
+        repeat_stop_signal=True,
         ports=tuple(ports),
     )
 

@@ -70,7 +70,9 @@ class ProcessSpec:
     ``argv[0]`` is a path or a name looked up on ``PATH``. ``env`` is added to the parent's
     environment (``inherit_env=False`` starts from an empty one). ``log_path`` defaults to
     ``<run_dir>/<name>.log``. ``stop_signal`` is sent to the child's whole process group on
-    shutdown; after ``stop_timeout_s`` the group gets SIGKILL.
+    shutdown; after ``stop_timeout_s`` the group gets SIGKILL. ``repeat_stop_signal`` sends the
+    stop signal a second time at half the timeout (for servers where a second signal means
+    "force", like livekit-server; leave it off for drains that must run their full time).
     """
 
     name: str
@@ -82,6 +84,7 @@ class ProcessSpec:
     start_timeout_s: float = 30.0
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 10.0
+    repeat_stop_signal: bool = False
     ports: tuple[PortSpec, ...] = ()
     cwd: Path | None = None
     restart: bool = True

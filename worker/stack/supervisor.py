@@ -313,20 +313,24 @@ class Supervisor:
             child.state = ChildState.STOPPING
             self._event(child, f"stopping (signal {signal.Signals(child.spec.stop_signal).name})")
             child.signal_group(child.spec.stop_signal)
-            half = child.spec.stop_timeout_s / 2
-            if not await _exited_within(proc, half):
-                # A second signal means "now" to livekit-server (force stop) and to many
-                # servers; livekit-server stopped right after start can hang otherwise.
-                self._event(child, f"still running after {half:g} s; repeating the signal")
-                child.signal_group(child.spec.stop_signal)
-                if not await _exited_within(proc, half):
-                    self._event(
-                        child,
-                        f"still running after {child.spec.stop_timeout_s:g} s; sending SIGKILL",
-                        logging.WARNING,
-                    )
-                    child.signal_group(signal.SIGKILL)
-                    await proc.wait()
+            limit = child.spec.stop_timeout_s
+            exited = False
+            if child.spec.repeat_stop_signal:
+                # A second signal means "now" to livekit-server (force stop); stopped right
+                # after its start it otherwise hangs in its graceful shutdown.
+                exited = await _exited_within(proc, limit / 2)
+                if not exited:
+                    self._event(child, f"still running after {limit / 2:g} s; repeating the signal")
+                    child.signal_group(child.spec.stop_signal)
+                    limit /= 2
+            if not exited and not await _exited_within(proc, limit):
+                self._event(
+                    child,
+                    f"still running after {child.spec.stop_timeout_s:g} s; sending SIGKILL",
+                    logging.WARNING,
+                )
+                child.signal_group(signal.SIGKILL)
+                await proc.wait()
             self._event(child, f"stopped (exit code {proc.returncode})")
         # Whatever the child forked into its group dies with it.
         child.signal_group(signal.SIGKILL)
