@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_e2e_support import agent_rooms, capacity, place_call, wait_until
+from tests_e2e_support import EgressWatch, agent_rooms, capacity, place_call, wait_until
 
 from worker.caller.demo import CallOutcome
 from worker.caller.transport import HangUp
@@ -59,8 +59,17 @@ def _check_hangup_frees_everything(voice_stack: Any, outcome: CallOutcome) -> No
 
 
 def test_webrtc_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> None:
-    outcome = place_call(voice_stack, "webrtc", tmp_path, questions=DEFAULT_QUESTIONS[:2])
+    pid = voice_stack.supervisor.child("agent").pid
+    with EgressWatch(pid) as egress:
+        outcome = place_call(voice_stack, "webrtc", tmp_path, questions=DEFAULT_QUESTIONS[:2])
     _check_conversation(outcome, 2)
+    # The agent worker and its job process talked to loopback only during the whole call.
+    assert egress.samples > 10
+    # It did see the worker's own connections (LiveKit, inference server), so it looked at
+    # the right processes.
+    inference_port = int(voice_stack.inference_url.rsplit(":", 1)[1])
+    assert inference_port in egress.loopback_peers
+    assert egress.remote == set()
 
 
 def test_webrtc_hangup_mid_answer_ends_job_and_frees_streams(

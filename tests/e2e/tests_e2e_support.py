@@ -85,3 +85,55 @@ def agent_rooms(voice_stack: Any) -> list[str]:
             return busy
 
     return asyncio.run(query())
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+class EgressWatch:
+    """Samples the sockets of a process tree while a call runs and keeps every remote address
+    that is not loopback: the agent worker and its job processes must never reach out (LiveKit
+    Cloud turn detection, hub downloads, public STUN)."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        import threading
+
+        self._pid = pid
+        self._every = every_s
+        self.remote: set[str] = set()
+        self.loopback_peers: set[int] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self._pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for proc in procs:
+                try:
+                    conns = proc.net_connections(kind="inet")
+                except psutil.Error:
+                    continue
+                for conn in conns:
+                    if not conn.raddr:
+                        continue
+                    if conn.raddr.ip in LOOPBACK:
+                        self.loopback_peers.add(conn.raddr.port)
+                    else:
+                        self.remote.add(f"{proc.pid}->{conn.raddr.ip}:{conn.raddr.port}")
+            self.samples += 1
+            self._stop.wait(self._every)
+
+    def __enter__(self) -> EgressWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
