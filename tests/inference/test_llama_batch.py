@@ -74,11 +74,13 @@ def collect(results: dict[str, Result], outputs: Sequence[StepOutput]) -> None:
             r.finish_reason = o.finish_reason
 
 
-def run_to_end(engine: BatchedLlama, results: dict[str, Result], **step_kw: int) -> None:
+def run_to_end(
+    engine: BatchedLlama, results: dict[str, Result], max_prefill_tokens: int = 256
+) -> None:
     for _ in range(10_000):
         if not engine.active():
             return
-        collect(results, engine.step(**step_kw))
+        collect(results, engine.step(max_prefill_tokens))
     raise AssertionError("engine did not finish")
 
 
@@ -153,6 +155,23 @@ def test_staggered_arrival_with_chunked_prefill_equals_alone(model: LlamaModel) 
         run_to_end(engine, results, max_prefill_tokens=16)
         engine.verify_kv()
     for i in range(4):
+        assert results[f"r{i}"].tokens == alone(model, chat(PROMPTS[i]), GREEDY).tokens
+
+
+def test_step_restricted_to_some_requests_leaves_the_others_untouched(
+    model: LlamaModel,
+) -> None:
+    results: dict[str, Result] = {}
+    with make_engine(model) as engine:
+        engine.add("r0", "c0", chat(PROMPTS[0]), GREEDY)
+        engine.add("r1", "c1", chat(PROMPTS[1]), GREEDY)
+        for _ in range(3):
+            out = engine.step(only={"r0"})
+            assert [o.seq_key for o in out] == ["r0"]
+            collect(results, out)
+        assert engine.cached_tokens("c1") == 0  # r1 was admitted but never prefilled
+        run_to_end(engine, results)
+    for i in range(2):
         assert results[f"r{i}"].tokens == alone(model, chat(PROMPTS[i]), GREEDY).tokens
 
 

@@ -20,7 +20,7 @@ decode, so it must never run on an event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal
@@ -137,6 +137,9 @@ class BatchedLlama:
                 f"n_seq_max={n_seq_max}, n_batch={n_batch}, n_ctx={n_ctx}, n_threads={n_threads}"
             )
         self._model = model
+        if not kv_unified:
+            # llama.cpp splits n_ctx evenly between the sequences (and warns if it cannot).
+            n_ctx = max(n_seq_max, n_ctx - n_ctx % n_seq_max)
         self._ctx: Any = new_context(
             model,
             n_ctx=n_ctx,
@@ -244,11 +247,18 @@ class BatchedLlama:
         if seq_id is not None:
             self._seq_rm(seq_id, -1, -1)
 
-    def step(self, max_prefill_tokens: int = 256) -> list[StepOutput]:
+    def step(
+        self, max_prefill_tokens: int = 256, only: Collection[str] | None = None
+    ) -> list[StepOutput]:
         """Run one ``llama_decode`` over every decoding request plus up to
         ``max_prefill_tokens`` pending prompt tokens; return what each request produced.
 
-        Returns an empty list when there is nothing to decode.
+        ``only`` restricts the step to those request keys (the server's scheduler picks the
+        batch); the others keep their state and continue in a later step.
+        Returns an empty list when there is nothing to decode. Raises
+        :class:`LlamaDecodeError` if llama.cpp fails; for return codes 1 and -1 the KV and
+        every request are unchanged (the step may be retried after cancelling requests), for
+        fatal ones the engine refuses further use.
         """
         self._check_usable()
         if max_prefill_tokens < 0:
@@ -269,6 +279,8 @@ class BatchedLlama:
             n += 1
 
         for req in self._requests.values():
+            if only is not None and req.seq_key not in only:
+                continue
             if req.state == RequestState.DECODE:
                 put(req.next_token, req.n_past, req.seq_id, True)
                 sample_at.append((n - 1, req))
@@ -278,6 +290,8 @@ class BatchedLlama:
             if budget <= 0:
                 break
             if req.state != RequestState.PREFILL:
+                continue
+            if only is not None and req.seq_key not in only:
                 continue
             take = min(budget, len(req.prompt) - req.n_past)
             last = len(req.prompt) - 1
