@@ -19,6 +19,7 @@ APT_PACKAGES=(
   baresip         # the demo's scripted caller, a real SIP user agent
   sox             # audio conversion for the demo's recordings
   espeak-ng       # Piper's phonemizer data; also a second voice for test utterances
+  tshark          # the zero-egress test watches every packet the stack sends
   pkg-config libopus-dev libopusfile-dev libsoxr-dev  # cgo deps of livekit-sip
   gcc g++ make cmake  # llama-cpp-python builds from source
 )
