@@ -101,6 +101,17 @@ def test_short_windows_follow_item_length(
         assert clip.size / 16_000 < transcript.window_s < 30.0
 
 
+def test_long_utterance_is_not_cut_by_the_token_budget(
+    short_engine: BatchedWhisper, clips: list[np.ndarray]
+) -> None:
+    gap = np.zeros(4_800, dtype=np.float32)
+    joined = np.concatenate([part for clip in clips for part in (clip, gap)])
+    assert 12.0 < joined.size / 16_000 < 30.0
+    (transcript,) = short_engine.run_batch([joined]).transcripts
+    assert len(transcript.token_ids) < short_engine.max_new_tokens(transcript.window_s)
+    assert corpus_word_error_rate([" ".join(SENTENCES)], [transcript.text]) <= 0.15
+
+
 def test_empty_and_silent_audio(short_engine: BatchedWhisper) -> None:
     rng = np.random.default_rng(0)
     silence = np.zeros(16_000, dtype=np.float32)

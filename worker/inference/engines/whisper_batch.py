@@ -253,10 +253,16 @@ class BatchedWhisper:
         full = np.concatenate([head, np.broadcast_to(tail, (batch, *tail.shape))], axis=1)
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(full))
 
+    def max_new_tokens(self, window_s: float) -> int:
+        """Token budget of an item in a window: 8 per second (at least 16, at most 224)."""
+        wanted = max(_MIN_NEW_TOKENS, math.ceil(window_s * _TOKENS_PER_SECOND))
+        return min(wanted, _MAX_DECODER_LENGTH // 2)
+
     def _max_length(self, window_s: float) -> int:
-        # CTranslate2 counts the prompt in max_length (as faster-whisper does).
-        new_tokens = max(_MIN_NEW_TOKENS, math.ceil(window_s * _TOKENS_PER_SECOND))
-        return min(_MAX_DECODER_LENGTH, len(self._prompt) + new_tokens)
+        # CTranslate2's Whisper (src/models/whisper.cc) decodes at most
+        # min(max_length / 2, max_length - prompt steps) tokens: a max_length of prompt + N
+        # would silently halve the budget, so ask for twice the tokens wanted.
+        return min(_MAX_DECODER_LENGTH, 2 * self.max_new_tokens(window_s))
 
     def _to_transcript(
         self, output: ctranslate2.models.WhisperGenerationResult, window_s: float

@@ -101,8 +101,10 @@ class WindowPolicy:
             raise ValueError(
                 f"window mode must be 'short', 'short_raw' or 'padded30', got {self.mode!r}"
             )
-        if not 0.0 < self.min_s <= MAX_AUDIO_S:
-            raise ValueError(f"min_s must be in (0, {MAX_AUDIO_S:.0f}], got {self.min_s}")
+        if not 2.0 <= self.min_s <= MAX_AUDIO_S:
+            # CTranslate2 tells features from encoder outputs by shape: an encoder output of
+            # exactly n_mels (80) positions, a 1.6 s window, would be encoded a second time.
+            raise ValueError(f"min_s must be in [2, {MAX_AUDIO_S:.0f}], got {self.min_s}")
         if self.step_s <= 0.0 or abs(self.step_s * 100 - round(self.step_s * 100)) > 1e-6:
             # A step must be whole 10 ms frames so windows are whole frames.
             raise ValueError(f"step_s must be a positive multiple of 0.01, got {self.step_s}")
