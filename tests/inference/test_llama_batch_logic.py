@@ -66,6 +66,19 @@ def test_top_p_only_samples_from_the_nucleus() -> None:
     assert seen == {0, 1}
 
 
+def test_wide_nucleus_beyond_the_first_partition_is_sampled_exactly() -> None:
+    # 100 likely tokens with distinct probabilities, then a negligible tail of 1000.
+    weights = np.concatenate([np.arange(200, 100, -1, dtype=np.float64), np.full(1000, 1e-9)])
+    probs = weights / weights.sum()
+    nucleus = int(np.searchsorted(np.cumsum(probs), 0.9)) + 1  # brute force: full sort
+    assert 64 < nucleus < 100
+    sampler = TokenSampler(SamplingParams(temperature=1.0, top_p=0.9, seed=3))
+    logits = np.log(probs).astype(np.float32)
+    seen = {sampler.sample(logits) for _ in range(3000)}
+    assert max(seen) == nucleus - 1
+    assert len(seen) > 64
+
+
 def test_sampling_does_not_modify_the_logits() -> None:
     logits = np.array([1.0, 2.0, 3.0], dtype=np.float32)
     TokenSampler(SamplingParams(temperature=0.7, top_p=0.5, seed=0)).sample(logits)

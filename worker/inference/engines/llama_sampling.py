@@ -88,7 +88,7 @@ class TokenSampler:
         probs = np.exp(scaled)
         probs /= probs.sum()
         if self._top_p < 1.0:
-            order = np.argsort(-probs, kind="stable")
+            order = self._top_order(probs)
             cumulative = np.cumsum(probs[order])
             # Keep the smallest prefix whose mass reaches top_p (at least one token).
             keep = int(np.searchsorted(cumulative, self._top_p, side="left")) + 1
@@ -97,6 +97,22 @@ class TokenSampler:
             kept = probs[chosen] / probs[chosen].sum()
             return int(chosen[self._rng.choice(keep, p=kept)])
         return int(self._rng.choice(probs.shape[0], p=probs))
+
+    def _top_order(self, probs: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+        """Indices of the most likely tokens, most likely first, covering >= top_p mass.
+
+        Sorting a 50k vocabulary costs ~6 ms per token; the nucleus is nearly always within
+        the top few hundred, so partition first and sort only those (widening if needed).
+        """
+        n = probs.shape[0]
+        k = 64
+        while k < n:
+            top = np.argpartition(probs, n - k)[n - k :]
+            top = top[np.argsort(-probs[top], kind="stable")]
+            if probs[top].sum() >= self._top_p:
+                return top
+            k *= 4
+        return np.argsort(-probs, kind="stable")
 
 
 class Utf8Stream:
