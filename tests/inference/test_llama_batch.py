@@ -399,3 +399,14 @@ def test_missing_or_corrupt_model_file_is_a_clear_error(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a gguf file" * 100)
     with pytest.raises(ModelLoadError, match="could not load"):
         LlamaModel(garbage)
+
+
+def test_cuda_device_needs_a_gpu_build(model: LlamaModel) -> None:
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        with LlamaModel(model.path, device="cuda") as gpu_model:
+            assert gpu_model.device == "cuda"
+    else:
+        with pytest.raises(ModelLoadError, match="no GPU offload"):
+            LlamaModel(model.path, device="cuda")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -49,6 +50,12 @@ class LlamaModel:
         if not path.is_file():
             raise ModelLoadError(f"LLM model file not found: {path}")
         _init_backend(verbose)
+        if device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
+            # Otherwise llama.cpp would quietly run every layer on the CPU.
+            raise ModelLoadError(
+                "device 'cuda' requested but this llama-cpp-python build has no GPU offload "
+                "(reinstall it with CMAKE_ARGS=-DGGML_CUDA=on)"
+            )
         self.path = path
         self.device: Device = device
         params = llama_cpp.llama_model_default_params()
@@ -106,7 +113,11 @@ class LlamaModel:
                     f"got {m!r}"
                 )
             clean.append({"role": role, "content": content})
-        prompt: str = self._formatter(messages=clean).prompt
+        try:
+            prompt: str = self._formatter(messages=clean).prompt
+        except jinja2.TemplateError as err:
+            # e.g. a template that insists on alternating user/assistant turns
+            raise ValueError(f"the model's chat template rejected the messages: {err}") from None
         return prompt
 
     def chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
