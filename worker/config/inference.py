@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.config.loader import ConfigError, load_model, parse_model
+from worker.inference.scheduler.config import SchedulingConfig
 from worker.models.paths import ModelFiles, ModelNotFoundError, bundled_model_files
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LlmEngineConfig",
     "ModelsConfig",
     "ResolvedModels",
+    "SchedulingConfig",
     "SttEngineConfig",
     "TtsEngineConfig",
     "load_inference_config",
@@ -111,6 +113,9 @@ class InferenceConfig(_Strict):
     tts: TtsEngineConfig = TtsEngineConfig()
     models: ModelsConfig = ModelsConfig()
     limits: LimitsConfig = LimitsConfig()
+    scheduler: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    """``mode: deadline`` (scheduler + batched engines) or ``serial`` (the measured baseline:
+    one request at a time per engine, FIFO, the classic engines); see docs/scheduler.md."""
 
 
 @dataclass(frozen=True)

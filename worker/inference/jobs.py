@@ -1,11 +1,20 @@
 """Work payloads for the three engines, the executors that run them in the engine threads, and
-:class:`EngineSet`, which owns the three runners of one server."""
+:class:`EngineSet`, which owns the three runners of one server.
+
+``scheduler.mode`` picks the runners: ``serial`` (the baseline) runs the classic engines
+(faster-whisper ``transcribe``, llama-cpp-python ``Llama``, Piper) one work item at a time per
+engine in :class:`~worker.inference.runtime.EngineRunner`; ``deadline`` runs the batched engines
+(``BatchedWhisper``, ``BatchedLlama``, Piper interleaved) under the deadline scheduler in
+:class:`~worker.inference.scheduled.ScheduledRunner`. Streams submit the same way to both.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -14,8 +23,19 @@ from worker.inference.engines.llm import ChatMessage, LlmEngine, SamplingParams
 from worker.inference.engines.stt import SttEngine, pcm16_to_float32
 from worker.inference.engines.tts import TtsEngine
 from worker.inference.runtime import EngineRunner, RunnerObserver, WorkContext
+from worker.inference.scheduled import ScheduledRunner, StepEngine
+from worker.inference.scheduler import (
+    AdmissionController,
+    CallClock,
+    Decision,
+    Engine,
+    EngineStats,
+    Stage,
+    make_scheduler,
+)
 
 __all__ = [
+    "AnyRunner",
     "EngineSet",
     "LlmJob",
     "LlmResult",
@@ -95,8 +115,16 @@ def execute_tts(engine: TtsEngine, job: TtsJob, ctx: WorkContext) -> TtsAudio:
     return TtsAudio(engine.synthesize(job.text, speed=job.speed), engine.sample_rate)
 
 
+AnyRunner: TypeAlias = EngineRunner[Any, Any, Any] | ScheduledRunner[Any, Any]
+
+
 class EngineSet:
-    """The three engine runners of one server; each model loads in its own thread."""
+    """The three engine runners of one server; each model loads in its own thread.
+
+    Also the event-loop side of scheduling: the :class:`CallClock` (turn-relative deadlines),
+    the :class:`AdmissionController` (calls, load, refusals) and the latest ``EngineStats`` per
+    engine, which the owner threads post here with ``call_soon_threadsafe``.
+    """
 
     def __init__(
         self,
@@ -104,11 +132,34 @@ class EngineSet:
         models: ResolvedModels,
         observer: RunnerObserver | None = None,
         on_llm_tokens: Callable[[int], None] | None = None,
+        on_stats: Callable[[EngineStats], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.mode = config.scheduler.mode
+        sched_cfg = config.scheduler
+        self.clock = CallClock(sched_cfg.deadlines, sched_cfg.admission.max_calls)
+        self.admission = AdmissionController(sched_cfg.admission)
+        self.stats: dict[Engine, EngineStats] = {}
+        self._on_stats = on_stats
+        self._observer = observer
+        self._streams_per_call: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stt_languages: frozenset[str] = frozenset()
+        """Languages the loaded Whisper model knows (set by the STT thread before it is ready)."""
+        if self.mode == "serial":
+            self._build_serial(config, models, observer, on_llm_tokens)
+        else:
+            self._build_scheduled(config, models, on_llm_tokens)
+
+    def _build_serial(
+        self,
+        config: InferenceConfig,
+        models: ResolvedModels,
+        observer: RunnerObserver | None,
+        on_llm_tokens: Callable[[int], None] | None,
     ) -> None:
         device = config.device
         q = config.limits.max_queue
-        self.stt_languages: frozenset[str] = frozenset()
-        """Languages the loaded Whisper model knows (set by the STT thread before it is ready)."""
 
         def load_stt() -> SttEngine:
             engine = SttEngine(
@@ -121,14 +172,10 @@ class EngineSet:
             self.stt_languages = engine.supported_languages
             return engine
 
-        self.stt: EngineRunner[SttEngine, SttJob, str] = EngineRunner(
-            "stt",
-            load_stt,
-            execute_stt,
-            max_queue=q,
-            observer=observer,
+        self.stt: AnyRunner = EngineRunner(
+            "stt", load_stt, execute_stt, max_queue=q, observer=observer
         )
-        self.llm: EngineRunner[LlmEngine, LlmJob, LlmResult] = EngineRunner(
+        self.llm: AnyRunner = EngineRunner(
             "llm",
             lambda: LlmEngine(
                 models.llm_gguf,
@@ -141,7 +188,7 @@ class EngineSet:
             max_queue=q,
             observer=observer,
         )
-        self.tts: EngineRunner[TtsEngine, TtsJob, TtsAudio] = EngineRunner(
+        self.tts: AnyRunner = EngineRunner(
             "tts",
             lambda: TtsEngine(
                 models.tts_onnx, models.tts_config, device=device, threads=config.tts.threads
@@ -151,11 +198,125 @@ class EngineSet:
             observer=observer,
         )
 
+    def _build_scheduled(
+        self,
+        config: InferenceConfig,
+        models: ResolvedModels,
+        on_llm_tokens: Callable[[int], None] | None,
+    ) -> None:
+        from worker.inference.engines.llama_batch import BatchedLlama
+        from worker.inference.engines.llama_batch_model import LlamaModel
+        from worker.inference.engines.whisper_batch import BatchedWhisper
+        from worker.inference.step_engines import LlamaStep, PiperStep, WhisperStep
+
+        device = config.device
+        sc = config.scheduler
+        q = config.limits.max_queue
+
+        def load_stt() -> StepEngine:
+            engine = BatchedWhisper(
+                models.stt_dir,
+                device=device,
+                compute_type=config.stt.compute_type,
+                intra_threads=config.stt.threads,
+                language=config.stt.language,
+            )
+            # BatchedWhisper fixes its language at load: streams may ask for that one only.
+            self.stt_languages = frozenset({config.stt.language})
+            return WhisperStep(engine)
+
+        def load_llm() -> StepEngine:
+            model = LlamaModel(models.llm_gguf, device=device)
+            engine = BatchedLlama(
+                model,
+                n_ctx=config.llm.n_ctx * sc.llm.slots,  # n_ctx cells per sequence (split KV)
+                n_batch=max(config.llm.n_batch, sc.llm.slots),
+                n_seq_max=sc.llm.slots,
+                n_threads=config.llm.threads,
+            )
+            return LlamaStep(engine, sc.deadlines, config.llm.n_batch, on_llm_tokens)
+
+        def load_tts() -> StepEngine:
+            return PiperStep(
+                TtsEngine(
+                    models.tts_onnx, models.tts_config, device=device, threads=config.tts.threads
+                )
+            )
+
+        def runner(name: str, engine: Engine, load: Callable[[], StepEngine]) -> AnyRunner:
+            return ScheduledRunner(
+                name,
+                load,
+                make_scheduler(engine, sc.for_engine(engine), sc.mode),
+                self.clock,
+                max_inbox=q,
+                on_stats=self._post_stats,
+                on_work_done=self._work_done,
+            )
+
+        self.stt = runner("stt", Engine.STT, load_stt)
+        self.llm = runner("llm", Engine.LLM, load_llm)
+        self.tts = runner("tts", Engine.TTS, load_tts)
+
+    # -- scheduling state (event loop) ----------------------------------------------------------
+    def _work_done(self, engine: str, state: Any, wait_s: float, run_s: float) -> None:
+        if self._observer is not None:
+            self._observer.work_done(engine, state, wait_s, run_s)
+
+    def _post_stats(self, stats: EngineStats) -> None:
+        """Owner thread -> event loop (never touches loop state directly)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._apply_stats, stats)
+        except RuntimeError:  # the loop is closed: shutting down
+            pass
+
+    def _apply_stats(self, stats: EngineStats) -> None:
+        self.stats[stats.engine] = stats
+        self.admission.update(stats)
+        if self._on_stats is not None:
+            self._on_stats(stats)
+
+    def open_call_stream(self, call_id: str) -> Decision:
+        """A stream of ``call_id`` starts: admit the call if it is new (refusal: the decision
+        says why). Every accepted open must be paired with :meth:`close_call_stream`."""
+        if call_id in self._streams_per_call:
+            self._streams_per_call[call_id] += 1
+            load = self.admission.load(time.monotonic())
+            return Decision(True, "call already admitted", load, load)
+        decision = self.admission.admit_call(call_id, time.monotonic())
+        if decision.accepted:
+            self._streams_per_call[call_id] = 1
+        return decision
+
+    def has_call(self, call_id: str) -> bool:
+        """True while ``call_id`` has an open stream (it is admitted)."""
+        return call_id in self._streams_per_call
+
+    def close_call_stream(self, call_id: str) -> None:
+        """A stream of ``call_id`` ended; the call is released with its last stream."""
+        left = self._streams_per_call.get(call_id, 0) - 1
+        if left > 0:
+            self._streams_per_call[call_id] = left
+            return
+        self._streams_per_call.pop(call_id, None)
+        self.admission.release_call(call_id)
+        self.clock.forget(call_id)
+
+    def deadline(self, call_id: str, stage: Stage) -> float:
+        """Absolute deadline (monotonic) of new ``stage`` work of ``call_id`` now."""
+        return self.clock.deadline(call_id, stage, time.monotonic())
+
+    # -- lifecycle --------------------------------------------------------------------------------
     @property
-    def runners(self) -> tuple[EngineRunner[Any, Any, Any], ...]:
+    def runners(self) -> tuple[AnyRunner, ...]:
         return (self.stt, self.llm, self.tts)
 
     def start(self) -> None:
+        """Start the engine threads; call from the event loop that serves the streams."""
+        self._loop = asyncio.get_running_loop()
         for runner in self.runners:
             runner.start()
 

@@ -8,7 +8,9 @@ import time
 from worker.inference.engines.llm import ChatMessage, PromptTooLong, SamplingParams
 from worker.inference.jobs import LlmJob, LlmResult
 from worker.inference.protocol import ErrorCode, LlmStart, StreamError, parse_control
-from worker.inference.runtime import Partial, WorkState
+from worker.inference.runtime import Overloaded, Partial, WorkState
+from worker.inference.scheduler import Stage
+from worker.inference.step_engines import estimate_prompt_tokens
 from worker.inference.stream_io import ClientGone, StreamContext, cancel_and_wait
 
 __all__ = ["run_llm_stream"]
@@ -25,6 +27,11 @@ async def _watch_client(ctx: StreamContext) -> None:
     if isinstance(frame, bytes):
         raise StreamError(ErrorCode.BAD_REQUEST, "an llm stream takes no binary frames")
     parse_control(frame, _CONTROL)
+
+
+def _too_long(error: BaseException | None) -> bool:
+    # The batched engine refuses an over-long prompt with a ValueError naming the context.
+    return error is not None and "exceeds the context" in str(error)
 
 
 async def run_llm_stream(ctx: StreamContext, start: LlmStart) -> None:
@@ -45,7 +52,13 @@ async def run_llm_stream(ctx: StreamContext, start: LlmStart) -> None:
     t0 = time.monotonic()
     # Every piece holds at least one token, plus the held-back tail at the end.
     work = ctx.engines.llm.submit(
-        job, stream_id=ctx.stream_id, critical=True, max_partials=start.max_tokens + 1
+        job,
+        stream_id=ctx.stream_id,
+        critical=True,
+        max_partials=start.max_tokens + 1,
+        call_id=start.call_id,
+        stage=Stage.LLM_FIRST_CLAUSE,
+        units=estimate_prompt_tokens(sum(len(m.content) for m in start.messages)),
     )
     watcher = asyncio.create_task(_watch_client(ctx), name=f"llm-watch-{ctx.stream_id}")
     try:
@@ -68,8 +81,10 @@ async def run_llm_stream(ctx: StreamContext, start: LlmStart) -> None:
                 first = False
             await ctx.send_json({"type": "token", "text": event.value})
         if event.state == WorkState.FAILED:
-            if isinstance(event.error, PromptTooLong):
+            if isinstance(event.error, PromptTooLong) or _too_long(event.error):
                 raise StreamError(ErrorCode.PAYLOAD_TOO_LARGE, str(event.error))
+            if isinstance(event.error, Overloaded):
+                raise StreamError(ErrorCode.OVERLOADED, str(event.error))
             raise StreamError(ErrorCode.INTERNAL, f"llm engine failed: {event.error}")
         result = event.result
         finish = "cancelled" if event.state == WorkState.CANCELLED else None

@@ -6,9 +6,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.inference.runtime import WorkState
+from worker.inference.scheduler import EngineStats
 
 __all__ = ["InferenceMetrics"]
 
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -66,9 +68,70 @@ class InferenceMetrics:
             "completion tokens produced by the LLM engine",
             registry=r,
         )
+        # -- scheduler (mode: deadline); fed from EngineStats snapshots -----------------------
+        self.batch_size = Histogram(
+            "voicestack_inference_batch_size",
+            "requests per engine step",
+            ["engine"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_step = Histogram(
+            "voicestack_inference_batch_step_seconds",
+            "wall time of one engine step (a whole batch)",
+            ["engine"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.active_slots = Gauge(
+            "voicestack_inference_active_slots",
+            "requests holding an engine slot (running or streaming, e.g. LLM sequences)",
+            ["engine"],
+            registry=r,
+        )
+        self.deadline_misses = Counter(
+            "voicestack_inference_deadline_misses",
+            "stages completed after their deadline",
+            ["engine", "stage"],
+            registry=r,
+        )
+        self.queue_refusals = Counter(
+            "voicestack_inference_queue_refusals",
+            "requests refused because a bounded scheduler queue was full",
+            ["engine"],
+            registry=r,
+        )
+        self.capacity_units = Gauge(
+            "voicestack_inference_capacity_units_per_second",
+            "learned engine capacity at its best batch size (audio s / tokens / chars per s)",
+            ["engine"],
+            registry=r,
+        )
+        self.work_units = Gauge(
+            "voicestack_inference_work_units_per_second",
+            "work the engine ran per second (decayed average)",
+            ["engine"],
+            registry=r,
+        )
+        self.calls = Counter(
+            "voicestack_inference_calls",
+            "call admission decisions",
+            ["decision"],
+            registry=r,
+        )
+        self.active_calls = Gauge(
+            "voicestack_inference_active_calls", "admitted calls with an open stream", registry=r
+        )
+        self.load = Gauge(
+            "voicestack_inference_load",
+            "estimated load in 0..1 (what /v1/capacity reports)",
+            registry=r,
+        )
+        self._seen: dict[str, EngineStats] = {}
         for op in ("stt", "llm", "tts"):
             self.active_streams.labels(op).set(0)
             self.queue_depth_gauge.labels(op).set(0)
+            self.active_slots.labels(op).set(0)
 
     # RunnerObserver
     def queue_depth(self, engine: str, depth: int) -> None:
@@ -79,6 +142,29 @@ class InferenceMetrics:
         self.queue_wait.labels(engine).observe(wait_s)
         if state != WorkState.CANCELLED or run_s > 0:
             self.engine_step.labels(engine).observe(run_s)
+
+    def engine_stats(self, stats: EngineStats) -> None:
+        """Fold a scheduler snapshot in (event loop; snapshots are cumulative)."""
+        engine = str(stats.engine)
+        prev = self._seen.get(engine)
+        if prev is not None and stats.at < prev.at:
+            return  # an older snapshot arrived late
+        self._seen[engine] = stats
+        if prev is None or stats.steps > prev.steps:
+            # One snapshot follows every step, so the last batch is that step's.
+            self.batch_size.labels(engine).observe(stats.last_batch_size)
+            self.batch_step.labels(engine).observe(stats.last_step_s)
+        self.queue_depth_gauge.labels(engine).set(stats.waiting)
+        self.active_slots.labels(engine).set(stats.active)
+        self.capacity_units.labels(engine).set(stats.capacity_units_per_s)
+        self.work_units.labels(engine).set(stats.work_units_per_s)
+        before = dict(prev.misses_by_stage) if prev is not None else {}
+        for stage, n in stats.misses_by_stage:
+            if n > before.get(stage, 0):
+                self.deadline_misses.labels(engine, str(stage)).inc(n - before.get(stage, 0))
+        refused = stats.refused - (prev.refused if prev is not None else 0)
+        if refused > 0:
+            self.queue_refusals.labels(engine).inc(refused)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

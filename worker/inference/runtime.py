@@ -121,7 +121,7 @@ class Work(Generic[P, R]):
     # Bounded: at most max_partials partials plus the one terminal event.
     _events: asyncio.Queue[Partial[R] | Terminal[R]] = field(init=False)
     _partials_posted: int = 0
-    _runner: EngineRunner[Any, P, R] | None = None
+    _runner: _Aborter | None = None
 
     def __post_init__(self) -> None:
         self._events = asyncio.Queue(maxsize=self.max_partials + 1)
@@ -165,6 +165,10 @@ class Work(Generic[P, R]):
             self.loop.call_soon_threadsafe(self._events.put_nowait, event)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+
+class _Aborter(Protocol):
+    def _abort(self, work: Work[Any, Any]) -> None: ...
 
 
 class WorkPolicy(Protocol):
@@ -294,12 +298,26 @@ class EngineRunner(Generic[E, P, R]):
 
     # -- asyncio side ---------------------------------------------------------------------------
     def submit(
-        self, payload: P, *, stream_id: str, critical: bool = True, max_partials: int = 0
+        self,
+        payload: P,
+        *,
+        stream_id: str,
+        critical: bool = True,
+        max_partials: int = 0,
+        call_id: str | None = None,
+        stage: object = None,
+        deadline: float | None = None,
+        units: float = 1.0,
+        coalesce_key: str | None = None,
+        turn_end: float | None = None,
     ) -> Work[P, R]:
         """Queue work; raise :class:`Overloaded` at capacity, :class:`EngineNotReady` before load.
 
-        Must be called from the event loop that will await the work's events.
+        Must be called from the event loop that will await the work's events. The serial
+        runner ignores the scheduling fields (``call_id`` .. ``coalesce_key``): it has no
+        deadlines; they exist so that streams submit the same way in both modes.
         """
+        del call_id, stage, deadline, units, coalesce_key, turn_end
         if not self.ready:
             raise EngineNotReady(f"{self.name} engine is not ready")
         work: Work[P, R] = Work(

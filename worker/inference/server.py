@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -27,6 +28,7 @@ from worker.inference.protocol import (
     parse_start,
 )
 from worker.inference.runtime import EngineNotReady, Overloaded
+from worker.inference.scheduler import Engine
 from worker.inference.stream_io import ClientGone, StreamContext
 from worker.inference.stt_stream import run_stt_stream
 from worker.inference.tts_stream import run_tts_stream
@@ -49,7 +51,11 @@ class InferenceServer:
         self.config = config
         self.metrics = InferenceMetrics()
         self.engines = engines or EngineSet(
-            config, models, observer=self.metrics, on_llm_tokens=self.metrics.llm_tokens.inc
+            config,
+            models,
+            observer=self.metrics,
+            on_llm_tokens=self.metrics.llm_tokens.inc,
+            on_stats=self.metrics.engine_stats,
         )
         self.active: dict[str, int] = dict.fromkeys(OPS, 0)
         self._sockets: set[web.WebSocketResponse] = set()
@@ -63,14 +69,44 @@ class InferenceServer:
 
     # -- capacity -------------------------------------------------------------------------------
     def capacity(self) -> dict[str, Any]:
-        """Load in 0..1: the fullest of stream slots and engine queues."""
+        """Load in 0..1 and what it is made of.
+
+        ``load`` is the fullest of: stream slots, engine queues, and the admission controller's
+        estimate (admitted calls / ``max_calls`` and, per engine, the work it ran per second
+        over its learned capacity; see docs/scheduler.md). ``accepting`` is False when a new
+        call would be refused.
+        """
+        now = time.monotonic()
+        admission = self.engines.admission
         ratios = [self.active[op] / self._max_streams[op] for op in OPS]
         ratios += [r.queue_depth / self.config.limits.max_queue for r in self.engines.runners]
+        # The engines' work rate decays over load_window_s; with no call admitted no work can
+        # arrive any more, so an idle server reports 0 at once instead of a fading average.
+        ratios.append(admission.load(now) if admission.active_calls else 0.0)
         load = min(1.0, max(ratios))
+        engines: dict[str, Any] = {}
+        for r in self.engines.runners:
+            entry: dict[str, Any] = {"queue_depth": r.queue_depth, "busy": r.busy}
+            st = self.engines.stats.get(Engine(r.name))
+            if st is not None:
+                entry.update(
+                    waiting=st.waiting,
+                    active_slots=st.active,
+                    slots=st.slots,
+                    capacity_units_per_s=round(st.capacity_units_per_s, 3),
+                    utilization=round(admission.utilization(st.engine, now), 4),
+                    deadline_misses=st.deadline_misses,
+                    steps=st.steps,
+                )
+            engines[r.name] = entry
+        self.metrics.load.set(load)
         return {
             "load": round(load, 4),
+            "mode": self.engines.mode,
             "active_streams": dict(self.active),
-            "accepting": self.engines.ready and load < 1.0,
+            "active_calls": admission.active_calls,
+            "engines": engines,
+            "accepting": self.engines.ready and load < 1.0 and admission.accepting(now),
         }
 
     # -- HTTP handlers --------------------------------------------------------------------------
@@ -106,12 +142,14 @@ class InferenceServer:
         op = "unknown"
         outcome = "ok"
         admitted = False
+        call_open: str | None = None
         try:
             start = await self._read_start(ctx)
             op = start.op
             self._admit(op)
             admitted = True
             self.metrics.active_streams.labels(op).inc()
+            call_open = self._admit_call(start.call_id)
             if isinstance(start, SttStart):
                 await run_stt_stream(ctx, start)
             elif isinstance(start, LlmStart):
@@ -134,6 +172,9 @@ class InferenceServer:
             log.exception("stream %s (%s) failed", stream_id, op)
             await _try_send_error(ctx, ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
         finally:
+            if call_open is not None:
+                self.engines.close_call_stream(call_open)
+                self.metrics.active_calls.set(self.engines.admission.active_calls)
             if admitted:
                 self.active[op] -= 1
                 self.metrics.active_streams.labels(op).dec()
@@ -165,6 +206,19 @@ class InferenceServer:
                 f"{self._max_streams[op]} {op} streams already open; retry elsewhere",
             )
         self.active[op] += 1
+
+    def _admit_call(self, call_id: str) -> str:
+        """Admit the stream's call (a call's first stream admits it; its last one releases it);
+        beyond the estimated capacity refuse at once with ``overloaded``, never queue."""
+        is_new = not self.engines.has_call(call_id)
+        decision = self.engines.open_call_stream(call_id)
+        if not decision.accepted:
+            self.metrics.calls.labels("refused").inc()
+            raise StreamError(ErrorCode.OVERLOADED, f"call {call_id} refused: {decision.reason}")
+        if is_new:
+            self.metrics.calls.labels("admitted").inc()
+        self.metrics.active_calls.set(self.engines.admission.active_calls)
+        return call_id
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from worker.inference.jobs import SttJob
 from worker.inference.protocol import ErrorCode, StreamError, SttStart, parse_control
 from worker.inference.runtime import Overloaded, Work, WorkState
+from worker.inference.scheduler import Stage
 from worker.inference.stream_io import ClientGone, StreamContext, cancel_and_wait
 
 __all__ = ["run_stt_stream"]
@@ -65,6 +66,10 @@ class _SttStream:
                 SttJob(bytes(self.buffer), self.start.language),
                 stream_id=self.ctx.stream_id,
                 critical=False,
+                call_id=self.start.call_id,
+                stage=Stage.STT_INTERIM,
+                units=len(self.buffer) / _BYTES_PER_S,
+                coalesce_key=self.ctx.stream_id,
             )
         except Overloaded:
             return  # interims are optional: skip under load
@@ -117,6 +122,11 @@ class _SttStream:
                         SttJob(item.pcm, self.start.language),
                         stream_id=self.ctx.stream_id,
                         critical=True,
+                        call_id=self.start.call_id,
+                        stage=Stage.STT_FINAL,
+                        turn_end=item.flushed_at,  # the flush is the caller's end of turn
+                        units=len(item.pcm) / _BYTES_PER_S,
+                        coalesce_key=self.ctx.stream_id,
                     )
                 except Overloaded as err:
                     raise StreamError(ErrorCode.OVERLOADED, str(err)) from None
@@ -127,6 +137,8 @@ class _SttStream:
                     work.cancel()
                     self.final_work = None
                 if event.state == WorkState.FAILED:
+                    if isinstance(event.error, Overloaded):
+                        raise StreamError(ErrorCode.OVERLOADED, str(event.error))
                     raise StreamError(ErrorCode.INTERNAL, f"stt engine failed: {event.error}")
                 text = event.result or ""
             await self.ctx.send_json(

@@ -15,6 +15,7 @@ from worker.inference.clauses import split_clauses
 from worker.inference.jobs import TtsAudio, TtsJob
 from worker.inference.protocol import ErrorCode, StreamError, TtsStart, parse_control
 from worker.inference.runtime import Overloaded, Work, WorkState
+from worker.inference.scheduler import Stage
 from worker.inference.stream_io import ClientGone, StreamContext, cancel_and_wait
 
 __all__ = ["run_tts_stream"]
@@ -86,11 +87,26 @@ class _TtsStream:
         while (clause := await self.clauses.get()) is not None:
             # Critical when nothing else is queued behind it: the listener is waiting for it.
             critical = clause.segment == 0 or self.clauses.empty()
+            engines = self.ctx.engines
+            call_id = self.start.call_id
+            deadline: float | None
+            if clause.segment == 0:
+                stage, deadline = Stage.TTS_FIRST, None
+            else:
+                # Later clauses have the playout of the audio already sent as slack, and are
+                # never due before the clauses ahead of them can have been heard.
+                stage = Stage.TTS_REST
+                before = self.queued_chars - len(clause.text)
+                deadline = engines.clock.clause_deadline(call_id, time.monotonic(), before)
             try:
-                work = self.ctx.engines.tts.submit(
+                work = engines.tts.submit(
                     TtsJob(clause.text, self.start.speed),
                     stream_id=self.ctx.stream_id,
                     critical=critical,
+                    call_id=call_id,
+                    stage=stage,
+                    deadline=deadline,
+                    units=float(len(clause.text)),
                 )
             except Overloaded as err:
                 raise StreamError(ErrorCode.OVERLOADED, str(err)) from None
@@ -101,10 +117,15 @@ class _TtsStream:
                 work.cancel()
                 self.work = None
             if event.state == WorkState.FAILED:
+                if isinstance(event.error, Overloaded):
+                    raise StreamError(ErrorCode.OVERLOADED, str(event.error))
                 raise StreamError(ErrorCode.INTERNAL, f"tts engine failed: {event.error}")
             if event.state != WorkState.FINISHED or event.result is None:
                 return
             audio = event.result
+            engines.clock.audio_sent(
+                call_id, time.monotonic(), len(audio.samples) / max(1, audio.sample_rate)
+            )
             await self.ctx.send_json(
                 {
                     "type": "audio_start",
