@@ -9,8 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
-from worker.bench.server_proc import InferenceServerProcess, ServerStartError
+from worker.bench.server_proc import (
+    InferenceServerProcess,
+    ServerStartError,
+    mode_section,
+    write_mode_config,
+)
+from worker.config.inference import load_inference_config
+from worker.config.loader import ConfigError
 
 # A stand-in server: answers /readyz 200 on the given port after a short "model load".
 READY_SERVER = """
@@ -68,3 +76,32 @@ async def test_server_never_ready_times_out_and_is_stopped(tmp_path: Path) -> No
         await proc.start()
     assert time.monotonic() - t < 30
     assert proc._proc is None, "the stuck process was stopped"
+
+
+def test_mode_config_copy_sets_mode_and_absolute_model_paths(tmp_path: Path) -> None:
+    base = tmp_path / "conf" / "inference.yaml"
+    base.parent.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "config" / "inference.yaml").read_text()
+    base.write_text(text)
+    dest = write_mode_config(base, "serial", tmp_path / "run" / "serial.yaml")
+    data = yaml.safe_load(dest.read_text())
+    assert data[mode_section()]["mode"] == "serial"
+    config, _ = load_inference_config(dest)
+    assert config.scheduler.mode == "serial"
+
+
+def test_mode_config_rejects_unknown_mode_with_the_servers_message(tmp_path: Path) -> None:
+    base = tmp_path / "inference.yaml"
+    base.write_text("device: cpu\n")
+    with pytest.raises(ConfigError, match=r"mode 'turbo'(.|\n)*mode"):
+        write_mode_config(base, "turbo", tmp_path / "out.yaml")
+
+
+def test_mode_config_reports_a_broken_base(tmp_path: Path) -> None:
+    base = tmp_path / "inference.yaml"
+    base.write_text("device: [cpu\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        write_mode_config(base, "serial", tmp_path / "out.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        write_mode_config(tmp_path / "missing.yaml", "serial", tmp_path / "out.yaml")
