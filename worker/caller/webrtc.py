@@ -82,6 +82,18 @@ class WebRTCCaller:
                 logger.info("agent %s answered (audio track subscribed)", who.identity)
                 agent_track.set_result(track)
 
+        # The agent also sends its transcript and session state as data streams; the caller
+        # only listens to audio, so drain them (unhandled topics are logged once per stream).
+        drains: set[asyncio.Task[None]] = set()
+
+        def _drain(reader: rtc.TextStreamReader | rtc.ByteStreamReader, _who: str) -> None:
+            task = asyncio.create_task(_consume(reader))
+            drains.add(task)
+            task.add_done_callback(drains.discard)
+
+        room.register_text_stream_handler("lk.transcription", _drain)
+        room.register_byte_stream_handler("lk.agent.session", _drain)
+
         token = (
             api.AccessToken(self._key, self._secret)
             .with_identity("caller")
@@ -122,7 +134,9 @@ class WebRTCCaller:
         finally:
             play_task.cancel()
             rec_task.cancel()
-            await asyncio.gather(play_task, rec_task, return_exceptions=True)
+            for task in drains:
+                task.cancel()
+            await asyncio.gather(play_task, rec_task, *drains, return_exceptions=True)
             await room.disconnect()
         return CallRecording(
             samples=recorder.samples(),
@@ -133,6 +147,11 @@ class WebRTCCaller:
             hung_up_early=hung_up_early,
             notes=[f"playback queue {40} ms: utterance end times are exact to within it"],
         )
+
+
+async def _consume(reader: rtc.TextStreamReader | rtc.ByteStreamReader) -> None:
+    async for _ in reader:
+        pass
 
 
 async def _play(source: rtc.AudioSource, samples: Pcm, rate: int) -> None:
