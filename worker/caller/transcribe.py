@@ -3,16 +3,24 @@ stream through the same plugin the agent uses."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from livekit import rtc
 from livekit.agents import APIConnectOptions
 
-from worker.agent.plugins import InferenceSTT
+from worker.agent.plugins import InferenceSTT, ServerError
 from worker.caller.analysis import CallAnalysis, Segment
 from worker.caller.audio import Pcm, resample
 
 __all__ = ["transcribe_analysis", "transcribe_pcm"]
 
 STT_RATE = 16000
+# The analysis runs after the call and is not latency-critical: when the inference server's
+# admission control refuses it (busy machine), wait and ask again rather than fail the demo.
+BUSY_RETRY_S = 60.0
+
+logger = logging.getLogger("voicestack.caller")
 
 
 async def transcribe_pcm(stt: InferenceSTT, samples: Pcm, rate: int) -> str:
@@ -21,8 +29,22 @@ async def transcribe_pcm(stt: InferenceSTT, samples: Pcm, rate: int) -> str:
     if len(pcm) == 0:
         return ""
     frame = rtc.AudioFrame(pcm.tobytes(), STT_RATE, 1, len(pcm))
-    event = await stt.recognize(frame, conn_options=APIConnectOptions(max_retry=1, timeout=30))
-    return event.alternatives[0].text if event.alternatives else ""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BUSY_RETRY_S
+    delay = 0.5
+    while True:
+        try:
+            event = await stt.recognize(
+                frame, conn_options=APIConnectOptions(max_retry=1, timeout=30)
+            )
+        except ServerError as err:
+            if err.code not in ("overloaded", "not_ready") or loop.time() + delay > deadline:
+                raise
+            logger.warning("transcription refused (%s); retrying in %.1fs", err.code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        return event.alternatives[0].text if event.alternatives else ""
 
 
 def _cut(samples: Pcm, rate: int, seg: Segment, pad_s: float = 0.2) -> Pcm:
