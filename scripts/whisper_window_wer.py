@@ -5,7 +5,7 @@ Speaks the round-trip set with the bundled Piper voice, transcribes it with each
 ``padded30`` = classic), and prints the corpus word error rate of each, then the mean
 features+encode+decode time per item at batch 1 and batch 8 on this machine.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/whisper_window_wer.py [--threads 2] [--reps 3]
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/whisper_window_wer.py [--threads 2] [--reps 5] [-v]
 """
 
 from __future__ import annotations
@@ -36,28 +36,23 @@ BATCH = 8
 
 
 def _per_item_times(
-    engine: BatchedWhisper, clips: Sequence[np.ndarray], batch: int, reps: int
+    engine: BatchedWhisper, clips: Sequence[np.ndarray], batch: int
 ) -> tuple[float, float, float]:
-    """Median over reps of (total, encode, decode) seconds per item, running ``clips`` in
-    batches of ``batch``."""
-    totals, encodes, decodes = [], [], []
-    for _ in range(reps):
-        encode = decode = 0.0
-        start = time.perf_counter()
-        for i in range(0, len(clips), batch):
-            result = engine.run_batch(clips[i : i + batch])
-            encode += sum(g.encode_s for g in result.groups)
-            decode += sum(g.decode_s for g in result.groups)
-        totals.append((time.perf_counter() - start) / len(clips))
-        encodes.append(encode / len(clips))
-        decodes.append(decode / len(clips))
-    return statistics.median(totals), statistics.median(encodes), statistics.median(decodes)
+    """(total, encode, decode) seconds per item, running ``clips`` in batches of ``batch``."""
+    encode = decode = 0.0
+    start = time.perf_counter()
+    for i in range(0, len(clips), batch):
+        result = engine.run_batch(clips[i : i + batch])
+        encode += sum(g.encode_s for g in result.groups)
+        decode += sum(g.decode_s for g in result.groups)
+    n = len(clips)
+    return (time.perf_counter() - start) / n, encode / n, decode / n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--threads", type=int, default=2, help="CTranslate2 intra_threads")
-    parser.add_argument("--reps", type=int, default=3, help="timing repetitions (median)")
+    parser.add_argument("--reps", type=int, default=5, help="timing repetitions (minimum)")
     parser.add_argument("--compute-type", default="int8")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every transcript")
     args = parser.parse_args(argv)
@@ -99,16 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = [short.window_s_for(c.size) for c in clips]
     common = max(set(windows), key=windows.count)
     timed = [c for c, w in zip(clips, windows, strict=True) if w == common][: 2 * BATCH]
+    # Modes and batch sizes are interleaved within each repetition and the minimum is kept:
+    # on a shared machine the other load only ever adds time, so the minimum is the estimate
+    # least distorted by it.
+    runs: dict[tuple[WindowMode, int], list[tuple[float, float, float]]] = {}
+    load_at_start = os.getloadavg()[0]
+    for _ in range(args.reps):
+        for mode, engine in engines.items():
+            for batch in (1, BATCH):
+                runs.setdefault((mode, batch), []).append(_per_item_times(engine, timed, batch))
     print(
-        f"\nmean time per item, s (features+encode+decode; median of {args.reps}; "
+        f"\nmean time per item, s (features+encode+decode; min of {args.reps} interleaved runs; "
         f"{len(timed)} utterances whose short window is {common:.0f} s; "
-        f"{args.threads} threads)"
+        f"{args.threads} threads; 1-min load average at start {load_at_start:.1f})"
     )
     print(f"  {'mode':<9} {'batch':>5} {'total':>8} {'encode':>8} {'decode':>8}")
-    for mode, engine in engines.items():
-        for batch in (1, BATCH):
-            total, enc, dec = _per_item_times(engine, timed, batch, args.reps)
-            print(f"  {mode:<9} {batch:>5} {total:8.4f} {enc:8.4f} {dec:8.4f}")
+    for (mode, batch), samples in runs.items():
+        total, enc, dec = (min(column) for column in zip(*samples, strict=True))
+        print(f"  {mode:<9} {batch:>5} {total:8.4f} {enc:8.4f} {dec:8.4f}")
     return 0
 
 

@@ -3,10 +3,11 @@
 One :class:`BatchedWhisper` transcribes many utterances (from many calls) per step: items whose
 encoder windows are equal (see :class:`~worker.inference.engines.whisper_features.WindowPolicy`)
 are stacked into one ``encode`` call and one greedy ``generate`` call. In the default ``"short"``
-mode the short encoder output is then extended to Whisper's 1500 positions with a cached
-encoding of silence, computed once at load: the stock decoder loops on short contexts, and with
-the tail it transcribes as well as the padded 30 s path while the encoder (the dominant cost of
-that path) only sees a few seconds. faster-whisper's
+mode the short encoder output is followed by the last 2 s (100 positions) of a cached encoding
+of 30 s of silence, computed once at load: the stock decoder loops on short contexts (it repeats
+the sentence), but given the end of a 30 s window it stops like the padded path. The encoder
+(the dominant cost of the padded path) only sees a few seconds, and the decoder attends over a
+few hundred positions instead of 1500. faster-whisper's
 ``WhisperModel.transcribe`` handles one file at a time, so this engine uses its pieces
 (feature extractor, tokenizer, token suppression rules) around ``ctranslate2.models.Whisper``.
 
@@ -60,6 +61,11 @@ _MIN_NEW_TOKENS = 16
 # at max - 8 and maps x -> (x + 4) / 4; Piper speech gives -0.52..-0.79). Tail values from -1.0
 # to -0.3 gave identical transcripts on the round-trip set, so one cached tail serves all items.
 _SILENCE_FEATURE = -0.65
+# How much of the end of the silent 30 s window follows a short window's encoder output. What
+# stops the decoder is the end-of-window positions, not the amount of silence: the whole
+# 1500-position tail and its last 25 or 100 positions gave the padded path's WER, while 10-20 s
+# of contiguous context (no window end) still looped on one-word utterances.
+_TAIL_POSITIONS = 100
 # faster-whisper's defaults for dropping a silent window: high no-speech probability and a
 # low average log-probability together.
 _NO_SPEECH_THRESHOLD = 0.6
@@ -247,9 +253,11 @@ class BatchedWhisper:
         assert self._silence_tail is not None
         head = np.asarray(encoded, dtype=np.float32)
         batch, positions, _ = head.shape
-        if positions >= self._silence_tail.shape[0]:
+        total = self._silence_tail.shape[0]
+        if positions >= total:
             return encoded
-        tail = self._silence_tail[positions:]
+        # Windows reaching into the last 2 s get only the positions after their own end.
+        tail = self._silence_tail[max(positions, total - _TAIL_POSITIONS) :]
         full = np.concatenate([head, np.broadcast_to(tail, (batch, *tail.shape))], axis=1)
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(full))
 

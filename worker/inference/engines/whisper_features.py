@@ -10,10 +10,10 @@ mask, so padding changes its output, and a transcript must not depend on which o
 happened to share the batch. Items with equal windows are stacked into one encoder call.
 
 Modes (measured in docs/whisper-batching.md):
-- ``"short"``: short encoder window, and the encoder output is extended to the full 30 s
-  (1500 positions) with a cached encoding of silence before decoding. The decoder of a stock
-  Whisper model was trained on 30 s contexts; given a short one it loops (repeats the sentence
-  until the token budget runs out). With the silence tail it stops like the padded path.
+- ``"short"``: short encoder window, followed by the encoder output of the last 2 s of a 30 s
+  window of silence (cached) before decoding. The decoder of a stock Whisper model was trained on
+  30 s windows; given a short one it loops (repeats the sentence until the token budget runs
+  out). Shown the end of a 30 s window, it stops like the padded path.
 - ``"short_raw"``: short encoder window decoded as is (cheapest, but loops on tiny.en).
 - ``"padded30"``: the classic path, every item padded to 30 s before the encoder.
 """
