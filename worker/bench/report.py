@@ -192,6 +192,14 @@ def write_plot(result: BenchResult, path: Path, modes: Sequence[str] | None = No
             xs = [n for n, v in pts if v is not None]
             ys = [v for _, v in pts if v is not None]
             ax.plot(xs, ys, marker="o", label=f"{name} (capacity {m.capacity})")
+            for p in m.sorted_points():
+                p95 = p.stage("compute").p95
+                if p95 is not None and (p.refused or p.errors):
+                    # p95 covers completed turns only: show what it leaves out
+                    note = ", ".join(
+                        f"{k} {v}" for k, v in (("refused", p.refused), ("errors", p.errors)) if v
+                    )
+                    ax.annotate(note, (p.n_calls, p95), textcoords="offset points", xytext=(4, 6))
         ax.axhline(
             result.limit_ms, color="grey", linestyle="--", label=f"target {result.limit_ms:.0f} ms"
         )
