@@ -89,6 +89,10 @@ def test_webrtc_hangup_mid_answer_ends_job_and_frees_streams(
 def test_sip_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> None:
     outcome = place_call(voice_stack, "sip", tmp_path, questions=DEFAULT_QUESTIONS[:2])
     _check_conversation(outcome, 2)
+    # The media leg stayed on loopback (baresip reports where RTP came from).
+    rtp = next(n for n in outcome.recording.notes if n.startswith("RTP received from "))
+    sources = rtp.removeprefix("RTP received from ").split(", ")
+    assert sources and all(src.startswith("127.0.0.1:") for src in sources), rtp
 
 
 @pytest.mark.sip

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import shutil
 import signal
 import tempfile
@@ -30,7 +31,7 @@ from worker.caller.analysis import speech_segments
 from worker.caller.audio import Pcm, read_wav
 from worker.caller.transport import CallRecording, HangUp
 from worker.caller.utterances import CallerScript, ScheduledUtterance
-from worker.stack.ports import free_port, free_udp_range
+from worker.stack.ports import free_port, free_udp_range, port_in_use
 
 __all__ = ["SIP_SAMPLE_RATE", "BaresipCaller", "BaresipError"]
 
@@ -61,8 +62,9 @@ class BaresipCaller:
         self._target = f"sip:{number}@{sip_host}:{sip_port}"
         self._work_dir = work_dir
         self._answer_timeout_s = answer_timeout_s
-        self.last_events: list[dict[str, object]] = []
         self.sent: Pcm | None = None
+        self.rtp_sources: list[str] = []
+        """Where baresip received RTP from (``ip:port``), read from its log after the call."""
 
     async def call(self, script: CallerScript, *, hang_up: HangUp | None = None) -> CallRecording:
         if script.sample_rate != SIP_SAMPLE_RATE:
@@ -73,20 +75,32 @@ class BaresipCaller:
         exe = shutil.which("baresip")
         if exe is None:
             raise BaresipError("baresip is not installed (apt-get install baresip)")
-        work, ctl_port = _prepare(self._work_dir, script.wav)
-        log = (work / "baresip.log").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            exe,
-            "-f",
-            str(work),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
         hung_up_early = False
+        for attempt in range(3):
+            work, ctl_port = _prepare(self._work_dir, script.wav)
+            log = (work / "baresip.log").open("wb")
+            proc = await asyncio.create_subprocess_exec(
+                exe,
+                "-f",
+                str(work),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                ctl = await _connect(ctl_port, proc)
+                break
+            except BaresipError:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                log.close()
+                # Another process took one of the free ports we picked: pick again.
+                if attempt == 2:
+                    raise
+                logger.warning("baresip failed to start (ports taken?); retrying")
         try:
-            ctl = await _connect(ctl_port, proc)
             try:
                 hung_up_early = await self._run_call(ctl, script, hang_up, work)
             finally:
@@ -131,6 +145,7 @@ class BaresipCaller:
         enc = sorted((work / "rec").glob("*-enc.wav"))
         if not dec or not enc:
             raise BaresipError(f"baresip wrote no call recording in {work / 'rec'}")
+        self.rtp_sources = _rtp_sources(work / "baresip.log")
         heard, rate = read_wav(dec[-1])
         sent, _ = read_wav(enc[-1])
         self.sent = sent
@@ -142,6 +157,7 @@ class BaresipCaller:
             schedule_offset_s=-offset,
             hung_up_early=hung_up_early,
             notes=[
+                f"RTP received from {', '.join(self.rtp_sources) or 'nowhere'}",
                 f"heard recording starts {offset * 1000:.0f} ms after the sent one "
                 "(first RTP packet); utterance times shifted accordingly",
                 f"baresip files in {work}",
@@ -177,7 +193,8 @@ def _prepare(work_dir: Path | None, wav: Path) -> tuple[Path, int]:
 
 def _write_config(work: Path, wav: Path) -> int:
     """baresip config + accounts bound to loopback on free ports; returns the ctrl_tcp port."""
-    sip_port = free_port("127.0.0.1", "udp")
+    # baresip binds its SIP port on UDP and TCP alike: the number must be free for both.
+    sip_port = _free_udp_tcp_port()
     ctl_port = free_port("127.0.0.1")
     rec = work / "rec"
     rec.mkdir(exist_ok=True)
@@ -186,6 +203,9 @@ def _write_config(work: Path, wav: Path) -> int:
     rtp_start, rtp_end = free_udp_range(4, "127.0.0.1")
     lines = [
         "poll_method\tepoll",
+        # Without this baresip picks the default route's interface for SDP, and media would
+        # leave loopback.
+        "net_interface\t127.0.0.1",
         f"sip_listen\t127.0.0.1:{sip_port}",
         "sip_transports\tudp",
         "audio_player\taubridge,null",
@@ -208,6 +228,19 @@ def _write_config(work: Path, wav: Path) -> int:
     (work / "config").write_text("\n".join(lines) + "\n")
     (work / "accounts").write_text("<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n")
     return ctl_port
+
+
+def _rtp_sources(log: Path) -> list[str]:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return re.findall(r"incoming rtp for 'audio' established, receiving from (\S+)", text)
+
+
+def _free_udp_tcp_port(attempts: int = 50) -> int:
+    for _ in range(attempts):
+        port = free_port("127.0.0.1", "udp")
+        if not port_in_use("127.0.0.1", port, "tcp"):
+            return port
+    raise BaresipError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 class _Ctl:
