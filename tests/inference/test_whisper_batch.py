@@ -112,6 +112,20 @@ def test_long_utterance_is_not_cut_by_the_token_budget(
     assert corpus_word_error_rate([" ".join(SENTENCES)], [transcript.text]) <= 0.15
 
 
+def test_window_end_tail_shapes(short_engine: BatchedWhisper) -> None:
+    import ctranslate2
+
+    def extended(positions: int) -> tuple[int, ...]:
+        head = ctranslate2.StorageView.from_array(np.zeros((2, positions, 384), np.float32))
+        return tuple(np.asarray(short_engine._append_silence(head)).shape)
+
+    # A short window gets the last 2 s of the 30 s window; one reaching into those 2 s gets
+    # only the positions after its end; a full window gets nothing.
+    assert extended(250) == (2, 350, 384)
+    assert extended(1450) == (2, 1500, 384)
+    assert extended(1500) == (2, 1500, 384)
+
+
 def test_empty_and_silent_audio(short_engine: BatchedWhisper) -> None:
     rng = np.random.default_rng(0)
     silence = np.zeros(16_000, dtype=np.float32)
