@@ -135,10 +135,13 @@ async def _calls(server: RunningServer, calls: list[str]) -> AsyncIterator[None]
             await ws.send_json({"op": ("tts", "stt")[i % 2], "call_id": call})
             holders.append(ws)
         async with asyncio.timeout(TIMEOUT):
-            while True:
-                if all(server.server.engines.has_call(c) for c in calls):
-                    break
-                await asyncio.sleep(0.02)
+            for call, ws in zip(calls, holders, strict=True):
+                while not server.server.engines.has_call(call):
+                    try:  # a refused holder gets an error frame: fail with its reason
+                        msg = await ws.receive(timeout=0.02)
+                    except TimeoutError:
+                        continue
+                    raise AssertionError(f"holder of {call} refused: {msg.data!r}")
         try:
             yield
         finally:
@@ -192,6 +195,9 @@ async def test_eight_concurrent_mixed_streams_complete_and_cancellations_free_sl
     text = await _metrics(server)
     assert 'voicestack_inference_calls_total{decision="admitted"}' in text
     await _wait_all_free(server)
+    # The burst above kept the engines busy: let their measured work rate (0.2 s window) decay,
+    # or admission rightly refuses new calls on it.
+    await asyncio.sleep(1.5)
 
     # Now cancel several mid-stream: cancel frames, vanished clients, hang-ups mid-audio.
     async with _calls(
@@ -251,7 +257,7 @@ async def _cuts(server: RunningServer, speech: bytes) -> list[Any]:
 async def test_call_beyond_admission_limit_is_refused_at_once(server: RunningServer) -> None:
     limit = server.server.config.scheduler.admission.max_calls
     await _wait_all_free(server)
-    await asyncio.sleep(1.0)  # the engines' measured work rate (0.2 s window) has decayed
+    await asyncio.sleep(1.5)  # the engines' measured work rate (0.2 s window) has decayed
     async with aiohttp.ClientSession() as s:
         held = []
         for i in range(limit):
