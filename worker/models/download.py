@@ -12,6 +12,8 @@
 - a second run is a no-op: verified files are recorded in ``.verified.json`` (size, mtime,
   sha256) and skipped while unchanged.
 
+The bytes move in :mod:`worker.models.transfer`, the progress display is
+:mod:`worker.models.progress`, the errors :mod:`worker.models.download_errors`.
 Standard library only (``urllib``): it runs on a GPU host's ``python3`` before any image exists.
 Exit status: 0 done, 1 verification or checksum failure, 2 bad manifest or arguments,
 3 network or mirror unreachable, 4 not enough disk space, 5 another download holds the lock.
@@ -23,22 +25,23 @@ import argparse
 import contextlib
 import errno
 import fcntl
-import hashlib
-import http.client
-import io
 import json
 import os
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TextIO
 
+from worker.models.download_errors import (
+    ChecksumError,
+    DownloadError,
+    LockedError,
+    NetworkError,
+    NoSpaceError,
+    Retryable,
+)
 from worker.models.manifest import (
     STAMP_FILE,
     Manifest,
@@ -52,6 +55,8 @@ from worker.models.manifest import (
     stamp_matches,
 )
 from worker.models.paths import ModelNotFoundError, package_dir
+from worker.models.progress import human
+from worker.models.transfer import sha256_file, source_for, transfer
 
 __all__ = [
     "ChecksumError",
@@ -61,222 +66,14 @@ __all__ = [
     "NoSpaceError",
     "download_set",
     "main",
+    "sha256_file",
     "verify_set",
 ]
 
-CHUNK = 1024 * 1024
-USER_AGENT = "voicestack-model-download/1"
 LOCK_FILE = ".download.lock"
 
 
-class DownloadError(RuntimeError):
-    """A download failed; the message says what and how to fix it. ``exit_code`` for the CLI."""
-
-    exit_code = 1
-
-
-class ChecksumError(DownloadError):
-    """Downloaded bytes do not match the manifest (the partial file has been deleted)."""
-
-
-class NetworkError(DownloadError):
-    """The source could not be reached or broke off; the partial file is kept for resuming."""
-
-    exit_code = 3
-
-
-class NoSpaceError(DownloadError):
-    """Not enough free disk space in the models directory."""
-
-    exit_code = 4
-
-
-class LockedError(DownloadError):
-    """Another download into the same models directory is running."""
-
-    exit_code = 5
-
-
-class _Retryable(Exception):
-    """A transient failure in the middle of a transfer: resume from the .part file."""
-
-
-# --- sources -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Opened:
-    stream: BinaryIO
-    start: int
-    """Offset of the first byte the stream yields (0 when the source ignored the resume offset)."""
-    total: int | None
-    """Full size of the file at the source, when it says."""
-
-
-class _Source:
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def open(self, offset: int) -> _Opened:
-        raise NotImplementedError
-
-
-class _HttpSource(_Source):
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url, self.timeout = url, timeout
-
-    def describe(self) -> str:
-        return self.url
-
-    def open(self, offset: int) -> _Opened:
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        request = urllib.request.Request(self.url, headers=headers)
-        host = urllib.parse.urlsplit(self.url).netloc
-        try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and offset:
-                # The .part already holds every byte; let the checksum decide.
-                err.close()
-                return _Opened(stream=io.BytesIO(), start=offset, total=offset)
-            err.close()
-            raise DownloadError(f"{self.url}: HTTP {err.code} {err.reason}") from None
-        except urllib.error.URLError as err:
-            raise NetworkError(
-                f"cannot reach {host}: {err.reason}. If this machine has no internet access, "
-                f"install from a copy with --mirror DIR or an internal server with --mirror URL "
-                f"(see models/README.md)"
-            ) from None
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-            raise _Retryable(f"{host}: {err}") from err
-        length = response.headers.get("Content-Length")
-        if response.status == 206:
-            content_range = response.headers.get("Content-Range", "")
-            start, total = _parse_content_range(content_range)
-            if start != offset:
-                response.close()
-                raise DownloadError(f"{self.url}: server resumed at {start}, asked {offset}")
-            return _Opened(stream=response, start=offset, total=total)
-        return _Opened(stream=response, start=0, total=int(length) if length else None)
-
-
-def _parse_content_range(value: str) -> tuple[int, int | None]:
-    # "bytes 100-199/200" or "bytes 100-199/*"
-    try:
-        unit, _, rest = value.partition(" ")
-        span, _, total = rest.partition("/")
-        start = int(span.split("-", 1)[0])
-        if unit != "bytes":
-            raise ValueError(unit)
-        return start, (None if total == "*" else int(total))
-    except ValueError:
-        raise DownloadError(f"unparsable Content-Range {value!r}") from None
-
-
-class _FileSource(_Source):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def describe(self) -> str:
-        return str(self.path)
-
-    def open(self, offset: int) -> _Opened:
-        try:
-            stream = self.path.open("rb")
-        except OSError as err:
-            raise DownloadError(f"cannot read mirror file {self.path}: {err.strerror}") from None
-        total = os.fstat(stream.fileno()).st_size
-        stream.seek(min(offset, total))
-        return _Opened(stream=stream, start=min(offset, total), total=total)
-
-
-def _source_for(entry: ModelEntry, item: ModelFile, mirror: str | None, timeout: float) -> _Source:
-    assert entry.dir is not None
-    relpath = f"{entry.dir}/{item.name}"
-    if mirror is None:
-        if item.url is None:
-            raise DownloadError(
-                f"{relpath}: the manifest has no URL for this file; install it with --mirror"
-            )
-        return _HttpSource(item.url, timeout)
-    if mirror.startswith(("http://", "https://")):
-        return _HttpSource(f"{mirror.rstrip('/')}/{urllib.parse.quote(relpath)}", timeout)
-    root = Path(mirror)
-    if not root.is_dir():
-        raise DownloadError(f"mirror directory {root} does not exist")
-    # The same layout as a models dir (copy one from a connected machine), or files side by side.
-    for candidate in (root / relpath, root / item.name):
-        if candidate.is_file():
-            return _FileSource(candidate)
-    raise DownloadError(f"mirror {root} has neither {relpath} nor {item.name}")
-
-
-# --- progress ------------------------------------------------------------------------------
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
-class Progress:
-    """A one-line progress bar on a terminal; a line per 10 % otherwise (logs, CI)."""
-
-    def __init__(self, label: str, total: int | None, done: int, out: TextIO) -> None:
-        self.label, self.total, self.done, self.out = label, total, done, out
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self.first = done
-        self.last_draw = 0.0
-        self.last_decile = -1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.tty and now - self.last_draw >= 0.1:
-            self.last_draw = now
-            self._draw(end="\r")
-        elif not self.tty and self.total:
-            decile = min(10, self.done * 10 // self.total)
-            if decile != self.last_decile:
-                self.last_decile = decile
-                self._draw(end="\n")
-
-    def _draw(self, end: str) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = _human((self.done - self.first) / elapsed) + "/s"
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            line = (
-                f"  {self.label} [{bar:<30}] {frac * 100:5.1f}% "
-                f"{_human(self.done)}/{_human(self.total)} {rate}"
-            )
-        else:
-            line = f"  {self.label} {_human(self.done)} {rate}"
-        self.out.write(line + end)
-        self.out.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            self._draw(end="\n")
-
-
-# --- hashing, stamps, space ----------------------------------------------------------------
-
-
-def sha256_file(path: Path, hasher: hashlib._Hash | None = None) -> hashlib._Hash:
-    """Feed ``path`` into ``hasher`` (a new sha256 by default) and return it."""
-    hasher = hasher or hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(CHUNK):
-            hasher.update(block)
-    return hasher
+# --- stamps, space, lock -------------------------------------------------------------------
 
 
 def _write_stamps(models_dir: Path, stamps: dict[str, dict[str, object]]) -> None:
@@ -294,8 +91,8 @@ def _check_space(directory: Path, needed: int) -> None:
     free = shutil.disk_usage(directory).free
     if needed > free:
         raise NoSpaceError(
-            f"not enough disk space in {directory}: {_human(needed)} more needed, "
-            f"{_human(free)} free. Free some space (partial files are kept and resume)"
+            f"not enough disk space in {directory}: {human(needed)} more needed, "
+            f"{human(free)} free. Free some space (partial files are kept and resume)"
         )
 
 
@@ -312,54 +109,6 @@ def _locked(models_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# --- one file ------------------------------------------------------------------------------
-
-
-def _transfer(source: _Source, part: Path, item: ModelFile, out: TextIO) -> hashlib._Hash:
-    """Append the rest of the file to ``part``; return the hash of the whole ``part``."""
-    offset = part.stat().st_size if part.exists() else 0
-    if item.size is not None and item.size_exact and offset > item.size:
-        offset = 0  # longer than the real file: cannot be a prefix of it
-    opened = source.open(offset)
-    try:
-        if opened.start == 0 and offset:
-            out.write(f"  {item.name}: the source cannot resume; starting over\n")
-            offset = 0
-        hasher = hashlib.sha256()
-        mode = "ab" if offset else "wb"
-        with part.open(mode) as sink:
-            if offset:
-                sink.truncate(offset)
-                sha256_file(part, hasher)  # the kept prefix
-            total = opened.total if opened.total is not None else item.size
-            progress = Progress(item.name, total, offset, out)
-            while True:
-                try:
-                    block = opened.stream.read(CHUNK)
-                except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-                    raise _Retryable(f"{source.describe()}: {err}") from err
-                if not block:
-                    break
-                try:
-                    sink.write(block)
-                except OSError as err:
-                    if err.errno == errno.ENOSPC:
-                        raise NoSpaceError(
-                            f"disk full while writing {part}; free space and re-run to resume"
-                        ) from None
-                    raise
-                hasher.update(block)
-                progress.update(len(block))
-            sink.flush()
-            os.fsync(sink.fileno())
-            progress.finish()
-        if opened.total is not None and part.stat().st_size < opened.total:
-            raise _Retryable(f"{source.describe()}: connection closed early")
-        return hasher
-    finally:
-        opened.stream.close()
 
 
 def fetch_file(
@@ -392,7 +141,7 @@ def fetch_file(
         out.write(f"  {relpath}: present but its sha256 differs; fetching a fresh copy\n")
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
-    source = _source_for(entry, item, mirror, timeout)
+    source = source_for(entry, item, mirror, timeout)
     have = part.stat().st_size if part.exists() else 0
     if item.size is not None:
         _check_space(final.parent, max(item.size - have, 0))
@@ -400,9 +149,9 @@ def fetch_file(
     attempt = 0
     while True:
         try:
-            hasher = _transfer(source, part, item, out)
+            hasher = transfer(source, part, item, out)
             break
-        except _Retryable as err:
+        except Retryable as err:
             attempt += 1
             if attempt > retries:
                 raise NetworkError(
@@ -532,10 +281,10 @@ def _list_sets(manifest: Manifest, out: TextIO) -> None:
         default = " (default)" if model_set.name == manifest.default_set else ""
         out.write(
             f"{model_set.name}{default}: {model_set.device}, download "
-            f"{_human(model_set.download_size)}{gpu}: {model_set.description}\n"
+            f"{human(model_set.download_size)}{gpu}: {model_set.description}\n"
         )
         for entry in model_set.entries():
-            where = f"package {entry.package}" if entry.package else _human(entry.total_size)
+            where = f"package {entry.package}" if entry.package else human(entry.total_size)
             out.write(f"  {entry.role:<4} {entry.key} ({where})\n")
 
 
