@@ -233,6 +233,7 @@ class EngineSet:
                 n_batch=max(config.llm.n_batch, sc.llm.slots),
                 n_seq_max=sc.llm.slots,
                 n_threads=config.llm.threads,
+                share_prefixes=True,  # calls share the agent's system prompt
             )
             return LlamaStep(engine, sc.deadlines, config.llm.n_batch, on_llm_tokens)
 

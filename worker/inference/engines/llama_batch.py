@@ -89,6 +89,7 @@ class EngineCounters:
     prefill_tokens: int = 0
     decode_tokens: int = 0
     reused_tokens: int = 0
+    copied_tokens: int = 0  # of reused_tokens: KV copied from another call's sequence
     evictions: int = 0
 
 
@@ -122,6 +123,7 @@ class BatchedLlama:
         n_threads: int = 2,
         kv_unified: bool = False,
         flash_attn: bool = True,
+        share_prefixes: bool = False,
     ) -> None:
         """Create a context for ``model`` (the model is not owned: close it yourself).
 
@@ -129,7 +131,9 @@ class BatchedLlama:
         concurrent requests (and cached calls); ``n_threads`` pinned for decode and prefill.
         ``kv_unified`` shares one cell pool between sequences; the default (False) gives each
         sequence ``n_ctx / n_seq_max`` cells and bit-identical outputs however requests are
-        batched. ``flash_attn`` selects llama.cpp's flash-attention kernels.
+        batched. ``flash_attn`` selects llama.cpp's flash-attention kernels. ``share_prefixes``
+        lets a new request copy the KV of the longest prompt prefix another cached call holds
+        (calls share a system prompt) instead of prefilling it again.
         """
         if n_seq_max < 1 or n_batch < n_seq_max or n_ctx < 16 or n_threads < 1:
             raise ValueError(
@@ -160,7 +164,9 @@ class BatchedLlama:
             self.n_ctx if kv_unified else llama_cpp.llama_n_ctx_seq(self._ctx)
         )
         """Most tokens (prompt + max_tokens) one request may span."""
-        self._table = SequenceTable(n_seq_max, self.max_seq_tokens, shared=kv_unified)
+        self._table = SequenceTable(
+            n_seq_max, self.max_seq_tokens, shared=kv_unified, share_prefixes=share_prefixes
+        )
         self._requests: dict[str, _Request] = {}  # insertion order = arrival order
         self._by_call: dict[str, str] = {}  # call_id -> seq_key of its active request
         self._owner: int | None = None
@@ -381,6 +387,18 @@ class BatchedLlama:
             self._broken = f"llama_memory_seq_rm({seq_id}, {p0}, {p1}) refused"
             raise RuntimeError(self._broken)
 
+    def _copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make positions ``[0, n)`` of ``dst`` a copy of ``src``'s KV (same tokens)."""
+        self._seq_rm(dst, -1, -1)
+        if self.kv_unified:
+            llama_cpp.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+        else:
+            # With a pool per sequence llama.cpp copies only whole sequences between pools
+            # (a partial copy aborts the process): copy all, then drop the tail.
+            llama_cpp.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            self._seq_rm(dst, n, -1)
+        self.counters.copied_tokens += n
+
     def _admit_waiting(self) -> None:
         """Give waiting requests (in arrival order) a sequence and cells if they fit."""
         for req in self._requests.values():
@@ -392,7 +410,10 @@ class BatchedLlama:
                 break  # keep arrival order: a later request must not starve this one
             for seq_id in plan.evicted:
                 self._seq_rm(seq_id, -1, -1)
-            self._seq_rm(plan.seq_id, plan.reused, -1)
+            if plan.copy_from is not None:
+                self._copy_prefix(plan.copy_from, plan.seq_id, plan.reused)
+            else:
+                self._seq_rm(plan.seq_id, plan.reused, -1)
             self.counters.evictions += self._table.evictions - evictions
             self.counters.reused_tokens += plan.reused
             req.seq_id = plan.seq_id

@@ -56,13 +56,16 @@ class Admission:
     """What the engine must do to start a request, in this order.
 
     1. clear every sequence in ``evicted`` completely;
-    2. remove positions ``>= reused`` of ``seq_id``;
+    2. if ``copy_from`` is set: clear ``seq_id`` and copy positions ``< reused`` of sequence
+       ``copy_from`` into it (a prefix another call already computed, e.g. the system prompt);
+       else remove positions ``>= reused`` of ``seq_id``;
     3. prefill ``prompt[reused:]`` into ``seq_id``.
     """
 
     seq_id: int
     reused: int
     evicted: tuple[int, ...]
+    copy_from: int | None = None
 
 
 class SequenceTable:
@@ -71,12 +74,16 @@ class SequenceTable:
     ``n_cells`` is the size of the shared pool (``shared=True``) or of each sequence's own pool.
     """
 
-    def __init__(self, n_seq: int, n_cells: int, *, shared: bool = True) -> None:
+    def __init__(
+        self, n_seq: int, n_cells: int, *, shared: bool = True, share_prefixes: bool = False
+    ) -> None:
         if n_seq < 1 or n_cells < 1:
             raise ValueError(f"need n_seq >= 1 and n_cells >= 1, got {n_seq} and {n_cells}")
         self.n_seq = n_seq
         self.n_cells = n_cells
         self.shared = shared
+        self.share_prefixes = share_prefixes
+        """Let a new request copy a longer prompt prefix from another call's sequence."""
         self.evictions = 0
         self._by_call: dict[str, CachedSequence] = {}
         self._free_ids: list[int] = list(range(n_seq))
@@ -120,9 +127,34 @@ class SequenceTable:
         entry = self._by_call.get(call_id)
         if entry is not None and entry.busy:
             raise RuntimeError(f"call {call_id!r} already has a running request")
-        reused = 0
+        own = 0
         if entry is not None:
-            reused = min(common_prefix_len(entry.tokens, prompt), len(prompt) - 1)
+            own = min(common_prefix_len(entry.tokens, prompt), len(prompt) - 1)
+        # Another call may hold a longer prefix (calls share a system prompt): copy its KV
+        # instead of prefilling it again. The donor is never evicted by this admission.
+        donor: CachedSequence | None = None
+        reused = own
+        for cand in self._by_call.values() if self.share_prefixes else ():
+            if cand is entry:
+                continue
+            common = min(common_prefix_len(cand.tokens, prompt), len(prompt) - 1)
+            if common > reused:
+                donor, reused = cand, common
+        plan = self._plan(call_id, entry, prompt, max_new, reused, donor)
+        if plan is None and donor is not None:
+            # Keeping the donor blocked the only evictable sequence: admit without sharing.
+            plan = self._plan(call_id, entry, prompt, max_new, own, None)
+        return plan
+
+    def _plan(
+        self,
+        call_id: str,
+        entry: CachedSequence | None,
+        prompt: Sequence[int],
+        max_new: int,
+        reused: int,
+        donor: CachedSequence | None,
+    ) -> Admission | None:
         need = len(prompt) - reused + max_new
         free = self.cells_free + (len(entry.tokens) - reused if entry is not None else 0)
         if not self.shared:
@@ -132,7 +164,7 @@ class SequenceTable:
         for cand in sorted(self._by_call.values(), key=lambda e: e.last_used):
             if free >= need and not need_seq:
                 break
-            if cand.busy or cand is entry:
+            if cand.busy or cand is entry or cand is donor:
                 continue
             victims.append(cand)
             free += len(cand.tokens)
@@ -151,7 +183,12 @@ class SequenceTable:
         entry.busy = True
         entry.reserved = need
         entry.last_used = self._next_tick()
-        return Admission(entry.seq_id, reused, tuple(v.seq_id for v in victims))
+        return Admission(
+            entry.seq_id,
+            reused,
+            tuple(v.seq_id for v in victims),
+            donor.seq_id if donor is not None else None,
+        )
 
     def append(self, call_id: str, tokens: Sequence[int]) -> None:
         """Tokens of a running request were decoded into its sequence."""
