@@ -11,14 +11,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from worker.inference.runtime import Overloaded, Partial, Terminal, WorkState
+from worker.config.inference import InferenceConfig, ResolvedModels
+from worker.inference.jobs import EngineSet
+from worker.inference.runtime import EngineRunner, Overloaded, Partial, Terminal, WorkState
 from worker.inference.scheduled import ScheduledRunner, StepItem
 from worker.inference.scheduler import (
     CallClock,
     DeadlineConfig,
     Engine,
     SchedulerConfig,
+    SchedulingConfig,
     Stage,
     StepOutput,
     make_scheduler,
@@ -201,3 +205,15 @@ async def test_stop_cancels_everything_unfinished() -> None:
     assert time.monotonic() - t0 < 5
     end = await asyncio.wait_for(work.wait(), 10)
     assert end.state == WorkState.CANCELLED
+
+
+def test_mode_switch_picks_the_runners(models: ResolvedModels) -> None:
+    deadline = EngineSet(InferenceConfig(), models)
+    assert deadline.mode == "deadline"
+    assert all(isinstance(r, ScheduledRunner) for r in deadline.runners)
+    serial_cfg = InferenceConfig(scheduler=SchedulingConfig(mode="serial"))
+    serial = EngineSet(serial_cfg, models)
+    assert serial.mode == "serial"
+    assert all(isinstance(r, EngineRunner) for r in serial.runners)
+    with pytest.raises(ValidationError, match="mode"):
+        SchedulingConfig.model_validate({"mode": "fastest"})
