@@ -92,10 +92,16 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 have=$(cat "$VENV/.voicestack-installed" 2>/dev/null || true)
 if [[ $want != "$have" ]]; then
   log "installing voicestack and its pinned dependencies into $VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
   # -DGGML_NATIVE stays on for dev machines (fast CPU kernels); images build with it off.
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  # pip's output goes to a log (setuptools' editable-install banner is noise); shown on failure.
+  if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[dev]"; } \
+      >"$VENV/pip-install.log" 2>&1; then
+    tail -40 "$VENV/pip-install.log" >&2
+    die "pip install failed (full log: $VENV/pip-install.log)"
+  fi
   echo "$want" >"$VENV/.voicestack-installed"
 fi
 
-log "ready: $("$TOOLS/bin/livekit-server" --version 2>&1 | head -1); livekit-sip $LIVEKIT_SIP_VERSION; $("$VENV/bin/python" --version)"
+sip_state="livekit-sip: not installed (SIP leg disabled)"
+[[ -x "$TOOLS/bin/livekit-sip" ]] && sip_state="livekit-sip: $TOOLS/bin/livekit-sip"
+log "ready: $("$TOOLS/bin/livekit-server" --version 2>&1 | head -1); $sip_state; $("$VENV/bin/python" --version)"
