@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
+from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError, utils
 
-__all__ = ["InferenceClient", "InferenceStream", "ServerError", "StreamMessage"]
+__all__ = [
+    "InferenceClient",
+    "InferencePlugin",
+    "InferenceStream",
+    "ServerError",
+    "StreamMessage",
+]
 
 # Error codes of the protocol mapped to an HTTP-like status, so that APIStatusError decides
 # retryability the way livekit-agents expects: 4xx are the client's fault (never retried),
@@ -175,3 +181,29 @@ class InferenceClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class InferencePlugin:
+    """What the STT, LLM and TTS plugins share: a client of one inference server and the call id.
+
+    A mixin listed before the livekit base class (``class InferenceSTT(InferencePlugin,
+    stt.STT)``), so its ``model``/``provider`` answer for the plugin. The call id groups a
+    call's streams for the server's admission control; a random one when none is given.
+    """
+
+    _client: InferenceClient
+    _call_id: str
+
+    def _connect(self, url: str, *, call_id: str, connect_timeout: float) -> None:
+        self._client = InferenceClient(url, connect_timeout=connect_timeout)
+        self._call_id = call_id or utils.shortuuid("call_")
+
+    @property
+    def model(self) -> str:
+        """The model name livekit-agents reports in metrics."""
+        return "voicestack-inference"
+
+    @property
+    def provider(self) -> str:
+        """The provider name livekit-agents reports in metrics."""
+        return "voicestack"

@@ -29,7 +29,7 @@ from livekit.agents.llm.tool_context import (
 from livekit.agents.llm.utils import build_legacy_openai_schema
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from ._client import InferenceClient
+from ._client import InferencePlugin
 
 __all__ = ["InferenceLLM", "InferenceLLMStream", "ToolCallParser", "chat_ctx_to_messages"]
 
@@ -192,7 +192,7 @@ def _parse_calls(body: str) -> list[FunctionToolCall]:
     return calls
 
 
-class InferenceLLM(llm.LLM):
+class InferenceLLM(InferencePlugin, llm.LLM):
     """livekit-agents LLM whose generation runs on the voicestack inference server."""
 
     def __init__(
@@ -206,19 +206,10 @@ class InferenceLLM(llm.LLM):
         connect_timeout: float = 5.0,
     ) -> None:
         super().__init__()
-        self._client = InferenceClient(url, connect_timeout=connect_timeout)
+        self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._max_tokens = max_tokens
         self._temperature = temperature
         self._top_p = top_p
-        self._call_id = call_id or utils.shortuuid("call_")
-
-    @property
-    def model(self) -> str:
-        return "voicestack-inference"
-
-    @property
-    def provider(self) -> str:
-        return "voicestack"
 
     def chat(
         self,

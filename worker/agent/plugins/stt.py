@@ -18,7 +18,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 from livekit.agents.utils import AudioBuffer, aio
 
 from ._audio import frame_to_mono_pcm, split_pcm
-from ._client import InferenceClient, InferenceStream
+from ._client import InferencePlugin, InferenceStream
 
 __all__ = ["STT_SAMPLE_RATE", "InferenceSTT", "InferenceSTTStream"]
 
@@ -26,7 +26,7 @@ STT_SAMPLE_RATE = 16000
 """The protocol's v1 STT input rate; frames at other rates are resampled by the stream."""
 
 
-class InferenceSTT(stt.STT):
+class InferenceSTT(InferencePlugin, stt.STT):
     """livekit-agents STT whose recognition runs on the voicestack inference server."""
 
     def __init__(
@@ -48,18 +48,9 @@ class InferenceSTT(stt.STT):
                 manual_flush=True,
             )
         )
-        self._client = InferenceClient(url, connect_timeout=connect_timeout)
+        self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._language = language
         self._interim = interim_results
-        self._call_id = call_id or utils.shortuuid("call_")
-
-    @property
-    def model(self) -> str:
-        return "voicestack-inference"
-
-    @property
-    def provider(self) -> str:
-        return "voicestack"
 
     @property
     def call_id(self) -> str:

@@ -13,14 +13,14 @@ from livekit.agents import APIConnectOptions, APIError, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
 from livekit.agents.utils import aio
 
-from ._client import InferenceClient, InferenceStream
+from ._client import InferencePlugin, InferenceStream
 
 __all__ = ["InferenceSynthesizeStream", "InferenceTTS"]
 
 PIPER_SAMPLE_RATE = 22050
 
 
-class InferenceTTS(tts.TTS):
+class InferenceTTS(InferencePlugin, tts.TTS):
     """livekit-agents TTS whose synthesis runs on the voicestack inference server.
 
     ``sample_rate`` must be the rate of the server's voice (Piper voices: 22050 Hz); a server
@@ -44,17 +44,8 @@ class InferenceTTS(tts.TTS):
         )
         if speed <= 0:
             raise ValueError(f"TTS speed must be positive, got {speed}")
-        self._client = InferenceClient(url, connect_timeout=connect_timeout)
+        self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._speed = speed
-        self._call_id = call_id or utils.shortuuid("call_")
-
-    @property
-    def model(self) -> str:
-        return "voicestack-inference"
-
-    @property
-    def provider(self) -> str:
-        return "voicestack"
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
