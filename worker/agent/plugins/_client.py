@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError, utils
+from livekit.agents.utils import aio
 
 __all__ = [
     "InferenceClient",
@@ -24,6 +25,7 @@ __all__ = [
     "InferenceStream",
     "ServerError",
     "StreamMessage",
+    "run_duplex",
 ]
 
 # Error codes of the protocol mapped to an HTTP-like status, so that APIStatusError decides
@@ -122,6 +124,27 @@ class InferenceStream:
         # Shield the close so that a cancelled caller still tells the server to stop the work;
         # the CancelledError itself propagates unchanged.
         await asyncio.shield(self.aclose())
+
+
+Loop = Callable[[InferenceStream], Coroutine[Any, Any, None]]
+
+
+async def run_duplex(stream: InferenceStream, send: Loop, recv: Loop, *, name: str) -> None:
+    """Run ``send(stream)`` and ``recv(stream)`` side by side until both return, then close.
+
+    The first one to fail (or a cancellation of the caller) cancels the other and waits for
+    it, and the stream is closed on every exit, so the server stops the work either way.
+    ``name`` prefixes the task names (``NAME.send``, ``NAME.recv``).
+    """
+    async with stream:
+        tasks = [
+            asyncio.create_task(send(stream), name=f"{name}.send"),
+            asyncio.create_task(recv(stream), name=f"{name}.recv"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await aio.cancel_and_wait(*tasks)
 
 
 class InferenceClient:

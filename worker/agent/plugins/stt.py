@@ -8,17 +8,16 @@ session's VAD end of speech triggers the flush and no STT-side endpointing is ne
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, stt, utils
 from livekit.agents.language import LanguageCode
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
-from livekit.agents.utils import AudioBuffer, aio
+from livekit.agents.utils import AudioBuffer
 
 from ._audio import frame_to_mono_pcm, split_pcm
-from ._client import InferencePlugin, InferenceStream
+from ._client import InferencePlugin, InferenceStream, run_duplex
 
 __all__ = ["STT_SAMPLE_RATE", "InferenceSTT", "InferenceSTTStream"]
 
@@ -147,15 +146,7 @@ class InferenceSTTStream(stt.RecognizeStream):
             owner._start_frame(self._language, interim=owner._interim),
             connect_timeout=self._conn_options.timeout,
         )
-        async with stream:
-            tasks = [
-                asyncio.create_task(self._send_loop(stream), name="InferenceSTT.send"),
-                asyncio.create_task(self._recv_loop(stream), name="InferenceSTT.recv"),
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                await aio.cancel_and_wait(*tasks)
+        await run_duplex(stream, self._send_loop, self._recv_loop, name="InferenceSTT")
 
     async def _send_loop(self, stream: InferenceStream) -> None:
         async for item in self._input_ch:

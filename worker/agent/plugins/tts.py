@@ -7,13 +7,12 @@ whole reply. ``synthesize(text)`` (one-shot) is the same stream with the text pu
 
 from __future__ import annotations
 
-import asyncio
+import functools
 
 from livekit.agents import APIConnectOptions, APIError, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
-from livekit.agents.utils import aio
 
-from ._client import InferencePlugin, InferenceStream
+from ._client import InferencePlugin, InferenceStream, run_duplex
 
 __all__ = ["InferenceSynthesizeStream", "InferenceTTS"]
 
@@ -87,17 +86,8 @@ class InferenceSynthesizeStream(tts.SynthesizeStream):
             {"op": "tts", "call_id": owner._call_id, "speed": owner._speed},
             connect_timeout=self._conn_options.timeout,
         )
-        async with stream:
-            tasks = [
-                asyncio.create_task(self._send_loop(stream), name="InferenceTTS.send"),
-                asyncio.create_task(
-                    self._recv_loop(stream, output_emitter, request_id), name="InferenceTTS.recv"
-                ),
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                await aio.cancel_and_wait(*tasks)
+        recv = functools.partial(self._recv_loop, emitter=output_emitter, request_id=request_id)
+        await run_duplex(stream, self._send_loop, recv, name="InferenceTTS")
 
     async def _send_loop(self, stream: InferenceStream) -> None:
         async for item in self._input_ch:
