@@ -9,8 +9,9 @@ never deleted: another tool may own them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from google.protobuf.duration_pb2 import Duration
@@ -112,6 +113,8 @@ _TRUNK_FIELDS = (
 )
 _RULE_FIELDS = ("name", "trunk_ids", "rule", "room_config")
 
+_Info = TypeVar("_Info", api.SIPInboundTrunkInfo, api.SIPDispatchRuleInfo)
+
 
 def _projection(msg: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -138,25 +141,51 @@ def _by_name(items: Any, kind: str) -> dict[str, Any]:
     return found
 
 
+async def _reconcile(
+    label: str,
+    want: _Info,
+    have: _Info | None,
+    fields: tuple[str, ...],
+    *,
+    ident: Callable[[_Info], str],
+    create: Callable[[_Info], Awaitable[_Info]],
+    update: Callable[[str, _Info], Awaitable[_Info]],
+    result: ProvisionResult,
+) -> str:
+    """Make one LiveKit object match ``want`` (create, replace in place, or leave it); its ID.
+
+    ``have`` is the object of the same name LiveKit holds, if any; only ``fields`` count when
+    deciding whether it already matches. ``label`` goes into ``result``'s lists.
+    """
+    if have is None:
+        made = await create(want)
+        result.created.append(label)
+        return ident(made)
+    if _projection(have, fields) != _projection(want, fields):
+        await update(ident(have), want)
+        result.updated.append(label)
+    else:
+        result.unchanged.append(label)
+    return ident(have)
+
+
 async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResult) -> None:
     trunks = _by_name(
         (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items, "inbound trunk"
     )
     for trunk_cfg in cfg.trunks:
-        want = desired_trunk(trunk_cfg)
-        have = trunks.get(trunk_cfg.name)
-        label = f"trunk {trunk_cfg.name}"
-        if have is None:
-            made = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=want))
-            result.created.append(label)
-            result.trunk_ids[trunk_cfg.name] = made.sip_trunk_id
-        elif _projection(have, _TRUNK_FIELDS) != _projection(want, _TRUNK_FIELDS):
-            await lk.sip.update_inbound_trunk(have.sip_trunk_id, want)
-            result.updated.append(label)
-            result.trunk_ids[trunk_cfg.name] = have.sip_trunk_id
-        else:
-            result.unchanged.append(label)
-            result.trunk_ids[trunk_cfg.name] = have.sip_trunk_id
+        result.trunk_ids[trunk_cfg.name] = await _reconcile(
+            f"trunk {trunk_cfg.name}",
+            desired_trunk(trunk_cfg),
+            trunks.get(trunk_cfg.name),
+            _TRUNK_FIELDS,
+            ident=lambda trunk: trunk.sip_trunk_id,
+            create=lambda want: lk.sip.create_inbound_trunk(
+                api.CreateSIPInboundTrunkRequest(trunk=want)
+            ),
+            update=lk.sip.update_inbound_trunk,
+            result=result,
+        )
     wanted_trunks = {t.name for t in cfg.trunks}
     result.unmanaged += [f"trunk {n}" for n in sorted(trunks) if n not in wanted_trunks]
 
@@ -164,24 +193,20 @@ async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResu
         (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items, "dispatch rule"
     )
     for rule_cfg in cfg.dispatch_rules:
-        want_rule = desired_dispatch_rule(
-            rule_cfg, [result.trunk_ids[t] for t in rule_cfg.trunks], cfg.agent_name
+        result.rule_ids[rule_cfg.name] = await _reconcile(
+            f"dispatch rule {rule_cfg.name}",
+            desired_dispatch_rule(
+                rule_cfg, [result.trunk_ids[t] for t in rule_cfg.trunks], cfg.agent_name
+            ),
+            rules.get(rule_cfg.name),
+            _RULE_FIELDS,
+            ident=lambda rule: rule.sip_dispatch_rule_id,
+            create=lambda want: lk.sip.create_dispatch_rule(
+                api.CreateSIPDispatchRuleRequest(dispatch_rule=want)
+            ),
+            update=lk.sip.update_dispatch_rule,
+            result=result,
         )
-        have_rule = rules.get(rule_cfg.name)
-        label = f"dispatch rule {rule_cfg.name}"
-        if have_rule is None:
-            made_rule = await lk.sip.create_dispatch_rule(
-                api.CreateSIPDispatchRuleRequest(dispatch_rule=want_rule)
-            )
-            result.created.append(label)
-            result.rule_ids[rule_cfg.name] = made_rule.sip_dispatch_rule_id
-        elif _projection(have_rule, _RULE_FIELDS) != _projection(want_rule, _RULE_FIELDS):
-            await lk.sip.update_dispatch_rule(have_rule.sip_dispatch_rule_id, want_rule)
-            result.updated.append(label)
-            result.rule_ids[rule_cfg.name] = have_rule.sip_dispatch_rule_id
-        else:
-            result.unchanged.append(label)
-            result.rule_ids[rule_cfg.name] = have_rule.sip_dispatch_rule_id
     wanted_rules = {r.name for r in cfg.dispatch_rules}
     result.unmanaged += [f"dispatch rule {n}" for n in sorted(rules) if n not in wanted_rules]
 
