@@ -8,12 +8,14 @@ livekit-sip binary and are marked ``sip``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -291,34 +293,44 @@ async def _read_until(
     raise AssertionError(f"{pattern!r} not seen; output:\n" + "\n".join(seen))
 
 
-async def test_up_supervises_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _voicestack_up(
+    run_dir: Path,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, asyncio.StreamReader]]:
+    """``voicestack up`` (loopback profile, redis + livekit) as a child with its output piped;
+    killed on the way out if the test left it running."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "worker.cli", "up", "--profile", "loopback",
-        "--components", "redis,livekit", "--run-dir", str(tmp_path / "run"),
+        "--components", "redis,livekit", "--run-dir", str(run_dir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert proc.stdout is not None
-    seen: list[str] = []
     try:
-        await _read_until(proc.stdout, r"stack is up", seen, 60)
-        redis_pid = int((await _read_until(proc.stdout, r"redis +healthy +pid (\d+)", seen, 5))[1])
-        lk_pid = int((await _read_until(proc.stdout, r"livekit +healthy +pid (\d+)", seen, 5))[1])
-        await _read_until(proc.stdout, r"LiveKit API +http://127\.0\.0\.1:\d+", seen, 5)
-
-        os.kill(lk_pid, signal.SIGKILL)
-        await _read_until(proc.stdout, r"livekit: exited with code -9 .* restarting in", seen, 10)
-        new_pid = int((await _read_until(proc.stdout, r"livekit: started pid (\d+)", seen, 10))[1])
-        await _read_until(proc.stdout, r"livekit: healthy", seen, 30)
-        assert new_pid != lk_pid
-
-        proc.send_signal(signal.SIGTERM)
-        await _read_until(proc.stdout, r"stopped; no child left running", seen, 30)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        yield proc, proc.stdout
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_up_supervises_restarts_and_stops_cleanly(tmp_path: Path) -> None:
+    seen: list[str] = []
+    async with _voicestack_up(tmp_path / "run") as (proc, out):
+        await _read_until(out, r"stack is up", seen, 60)
+        redis_pid = int((await _read_until(out, r"redis +healthy +pid (\d+)", seen, 5))[1])
+        lk_pid = int((await _read_until(out, r"livekit +healthy +pid (\d+)", seen, 5))[1])
+        await _read_until(out, r"LiveKit API +http://127\.0\.0\.1:\d+", seen, 5)
+
+        os.kill(lk_pid, signal.SIGKILL)
+        await _read_until(out, r"livekit: exited with code -9 .* restarting in", seen, 10)
+        new_pid = int((await _read_until(out, r"livekit: started pid (\d+)", seen, 10))[1])
+        await _read_until(out, r"livekit: healthy", seen, 30)
+        assert new_pid != lk_pid
+
+        proc.send_signal(signal.SIGTERM)
+        await _read_until(out, r"stopped; no child left running", seen, 30)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
     stops = [ln for ln in seen if "stopping (signal" in ln]
     assert "livekit" in stops[0] and "redis" in stops[1]  # reverse order
     assert sum("stopped (exit code" in ln for ln in seen) == 2
@@ -326,23 +338,12 @@ async def test_up_supervises_restarts_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 async def test_up_interrupted_during_start_stops_everything(tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker.cli", "up", "--profile", "loopback",
-        "--components", "redis,livekit", "--run-dir", str(tmp_path / "run"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    assert proc.stdout is not None
     seen: list[str] = []
-    try:
-        redis_pid = int((await _read_until(proc.stdout, r"redis: started pid (\d+)", seen, 30))[1])
+    async with _voicestack_up(tmp_path / "run") as (proc, out):
+        redis_pid = int((await _read_until(out, r"redis: started pid (\d+)", seen, 30))[1])
         proc.send_signal(signal.SIGINT)  # Ctrl-C while livekit is not started/healthy yet
-        await _read_until(proc.stdout, r"stopped; no child left running", seen, 30)
+        await _read_until(out, r"stopped; no child left running", seen, 30)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     started = [int(m[1]) for ln in seen if (m := re.search(r"started pid (\d+)", ln))]
     assert redis_pid in started
     # Stopped by the supervisor itself (not only by PR_SET_PDEATHSIG when `up` exited).
