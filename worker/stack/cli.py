@@ -130,7 +130,9 @@ def _up(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``up`` to the ``voicestack`` command line."""
     up = subparsers.add_parser(
-        "up", help="start and supervise redis, livekit-server and livekit-sip until Ctrl-C"
+        "up",
+        help="start and supervise redis, livekit-server, livekit-sip, the inference server and "
+        "agent workers until Ctrl-C",
     )
     add_common_arguments(up)
     up.add_argument(
