@@ -29,7 +29,6 @@ COMPOSE = ROOT / "docker-compose.gpu.yml"
 CALL_PATH = ("agent", "inference", "livekit-server", "livekit-sip", "redis")
 # Metrics on the dashboard that no component exports yet (see docs/production.md, "Metrics").
 PENDING_METRICS = {
-    "voicestack_inference_batch_size",
     "voicestack_inference_gpu_memory_bytes",
     "voicestack_agent_voice_to_voice_seconds",
 }
