@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 from livekit import rtc
 from livekit.agents import (
@@ -92,33 +92,35 @@ def _turn_handling(cfg: AgentConfig) -> dict[str, Any]:
     }
 
 
+class _ServerLink(TypedDict):
+    """The plugin arguments that are the same for STT, LLM and TTS of one call."""
+
+    url: str
+    call_id: str
+    connect_timeout: float
+
+
 async def entrypoint(ctx: JobContext) -> None:
     """Run one call: connect, start the session, greet, end when the caller leaves."""
     cfg: AgentConfig = ctx.proc.userdata["config"]
     url: str = ctx.proc.userdata["inference_url"]
     call_id = ctx.room.name or ctx.job.id
-    timeout = cfg.inference.connect_timeout_s
+    link = _ServerLink(url=url, call_id=call_id, connect_timeout=cfg.inference.connect_timeout_s)
     stt = InferenceSTT(
-        url=url,
+        **link,
         language=cfg.persona.language,
         interim_results=cfg.turn.stt_interim_results,
-        call_id=call_id,
-        connect_timeout=timeout,
     )
     llm = InferenceLLM(
-        url=url,
+        **link,
         max_tokens=cfg.llm.max_tokens,
         temperature=cfg.llm.temperature,
         top_p=cfg.llm.top_p,
-        call_id=call_id,
-        connect_timeout=timeout,
     )
     tts = InferenceTTS(
-        url=url,
+        **link,
         speed=cfg.persona.speaking_rate,
         sample_rate=cfg.persona.voice_sample_rate,
-        call_id=call_id,
-        connect_timeout=timeout,
     )
 
     async def _close_plugins() -> None:
