@@ -72,19 +72,6 @@ def test_webrtc_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> Non
     assert egress.remote == set()
 
 
-def test_webrtc_hangup_mid_answer_ends_job_and_frees_streams(
-    voice_stack: Any, tmp_path: Path
-) -> None:
-    outcome = place_call(
-        voice_stack,
-        "webrtc",
-        tmp_path,
-        questions=DEFAULT_QUESTIONS[:1],
-        hang_up=HangUp(turn=1, after_answer_s=0.5),
-    )
-    _check_hangup_frees_everything(voice_stack, outcome)
-
-
 @pytest.mark.sip
 def test_sip_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> None:
     outcome = place_call(voice_stack, "sip", tmp_path, questions=DEFAULT_QUESTIONS[:2])
@@ -95,11 +82,13 @@ def test_sip_call_greets_and_answers(voice_stack: Any, tmp_path: Path) -> None:
     assert sources and all(src.startswith("127.0.0.1:") for src in sources), rtp
 
 
-@pytest.mark.sip
-def test_sip_hangup_mid_answer_ends_job_and_frees_streams(voice_stack: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["webrtc", pytest.param("sip", marks=pytest.mark.sip)])
+def test_hangup_mid_answer_ends_job_and_frees_streams(
+    voice_stack: Any, tmp_path: Path, transport: str
+) -> None:
     outcome = place_call(
         voice_stack,
-        "sip",
+        transport,
         tmp_path,
         questions=DEFAULT_QUESTIONS[:1],
         hang_up=HangUp(turn=1, after_answer_s=0.5),
