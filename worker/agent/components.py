@@ -18,6 +18,7 @@ from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
 from worker.stack.render import RenderedStack, RunFiles, project_root
 
 __all__ = [
+    "AGENT_METRICS_PORT_ENV",
     "INFERENCE_PORT_ENV",
     "agent_spec",
     "inference_spec",
@@ -28,6 +29,8 @@ __all__ = [
 
 INFERENCE_PORT_ENV = "VOICESTACK_INFERENCE_PORT"
 INFERENCE_HOST_ENV = "VOICESTACK_INFERENCE_HOST"
+AGENT_METRICS_PORT_ENV = "VOICESTACK_AGENT_METRICS_PORT"
+"""Where a loopback stack's agent serves Prometheus ``/metrics`` (kept in the rendered env)."""
 
 
 def inference_url(stack: RenderedStack) -> str:
@@ -74,11 +77,23 @@ def agent_spec(
     After SIGTERM the worker drains live calls (up to the config's ``drain_timeout_s``); the
     supervisor waits that long plus a margin before it kills the process group, unless
     ``drain_timeout_s`` sets a shorter bound (tests, the demo: their calls are over by then).
+
+    Prometheus ``/metrics``: a loopback stack's agent gets a free port (recorded in
+    ``stack.env[AGENT_METRICS_PORT_ENV]``), so parallel stacks never fight over the config's
+    fixed ``worker.prometheus_port``; other profiles use the config's port.
     """
     port = ready_port if ready_port is not None else free_port("127.0.0.1")
     cfg = config or project_root() / "config" / "agent.yaml"
     if drain_timeout_s is None:
         drain_timeout_s = load_agent_config(cfg).worker.drain_timeout_s + 15.0
+    metrics: tuple[str, ...] = ()
+    ports = [PortSpec("127.0.0.1", port)]
+    if stack.profile is Profile.LOOPBACK:
+        if AGENT_METRICS_PORT_ENV not in stack.env:
+            stack.env[AGENT_METRICS_PORT_ENV] = str(free_port("127.0.0.1"))
+        metrics_port = int(stack.env[AGENT_METRICS_PORT_ENV])
+        metrics = ("--prometheus-port", str(metrics_port))
+        ports.append(PortSpec("127.0.0.1", metrics_port))
     return ProcessSpec(
         name="agent",
         argv=voicestack_argv(
@@ -90,6 +105,7 @@ def agent_spec(
             inference_url(stack),
             "--ready-port",
             str(port),
+            *metrics,
         ),
         env={
             "LIVEKIT_URL": stack.ws_url,
@@ -103,7 +119,7 @@ def agent_spec(
         health=HealthCheck("http", "127.0.0.1", port, "/readyz"),
         start_timeout_s=90,
         stop_timeout_s=drain_timeout_s,
-        ports=(PortSpec("127.0.0.1", port),),
+        ports=tuple(ports),
     )
 
 

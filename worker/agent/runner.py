@@ -3,6 +3,11 @@
 Production mode (not ``dev``) so that SIGTERM drains: the worker stops taking calls, lets live
 calls finish (up to ``drain_timeout_s``), then exits. LiveKit's URL and keys come from the
 standard ``LIVEKIT_URL`` / ``LIVEKIT_API_KEY`` / ``LIVEKIT_API_SECRET`` variables or flags.
+
+With a Prometheus port (``worker.prometheus_port`` or ``--prometheus-port``) the worker serves
+``/metrics``: livekit-agents' ``lk_agents_*`` and our per-turn ``voicestack_agent_*``
+histograms, which job processes record and the main process reads back in multiprocess mode
+(:mod:`worker.agent.metrics_export`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,9 +50,12 @@ def pin_threads_env(env: dict[str, str] | os._Environ[str]) -> None:
 
 
 def build_server(
-    cfg: AgentConfig, *, inference_url: str, http_host: str = "127.0.0.1"
+    cfg: AgentConfig, *, inference_url: str, prometheus_port: int | None = None
 ) -> AgentServer:
-    """An ``AgentServer`` for our entrypoint, reporting the inference server's load."""
+    """An ``AgentServer`` for our entrypoint, reporting the inference server's load.
+
+    ``prometheus_port`` (0 or None: no metrics endpoint) is served on ``worker.http_host``.
+    """
     from livekit.agents import AgentServer, JobExecutorType
 
     from worker.agent.load import InferenceLoad
@@ -60,8 +69,9 @@ def build_server(
         drain_timeout=cfg.worker.drain_timeout_s,
         initialize_process_timeout=cfg.worker.initialize_process_timeout_s,
         setup_fnc=prewarm,
-        host=http_host,
+        host=cfg.worker.http_host,
         port=cfg.worker.http_port,
+        prometheus_port=prometheus_port or None,
     )
     server.rtc_session(entrypoint, agent_name=cfg.worker.agent_name)
     return server
@@ -93,12 +103,19 @@ class _Readiness:
         return web.Response(text="ok")
 
 
-async def serve(cfg: AgentConfig, *, inference_url: str, ready_port: int | None = None) -> int:
+async def serve(
+    cfg: AgentConfig,
+    *,
+    inference_url: str,
+    ready_port: int | None = None,
+    prometheus_port: int | None = None,
+) -> int:
     """Run the worker until SIGTERM/SIGINT, then drain live calls and exit (0 on success).
 
-    With ``ready_port``, a readiness endpoint (see :class:`_Readiness`) listens on 127.0.0.1.
+    With ``ready_port``, a readiness endpoint (see :class:`_Readiness`) listens on 127.0.0.1;
+    with ``prometheus_port``, ``/metrics`` listens on ``worker.http_host``.
     """
-    server = build_server(cfg, inference_url=inference_url)
+    server = build_server(cfg, inference_url=inference_url, prometheus_port=prometheus_port)
     readiness = _Readiness()
 
     def _registered(*_: object) -> None:
@@ -143,13 +160,34 @@ async def serve(cfg: AgentConfig, *, inference_url: str, ready_port: int | None 
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    from worker.agent.session import CONFIG_ENV, INFERENCE_URL_ENV
-
     try:
         cfg = load_agent_config(args.config)
     except ConfigError as err:
         logger.error("%s", err)
         return 2
+    prometheus_port = cfg.worker.prometheus_port
+    if args.prometheus_port is not None:
+        if not 0 <= args.prometheus_port <= 65535:
+            logger.error("--prometheus-port %s is not a port number", args.prometheus_port)
+            return 2
+        prometheus_port = args.prometheus_port
+    metrics_dir: str | None = None
+    if prometheus_port:
+        # Before livekit-agents is imported (worker.agent.session below imports it).
+        from worker.agent.metrics_export import enable_multiprocess
+
+        path, created = enable_multiprocess()
+        metrics_dir = path if created else None
+    try:
+        return _start(args, cfg, prometheus_port or None)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _start(args: argparse.Namespace, cfg: AgentConfig, prometheus_port: int | None) -> int:
+    from worker.agent.session import CONFIG_ENV, INFERENCE_URL_ENV
+
     for flag, env in (
         ("url", "LIVEKIT_URL"),
         ("api_key", "LIVEKIT_API_KEY"),
@@ -174,7 +212,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
     os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ[INFERENCE_URL_ENV] = inference_url
     pin_threads_env(os.environ)
-    return asyncio.run(serve(cfg, inference_url=inference_url, ready_port=args.ready_port))
+    return asyncio.run(
+        serve(
+            cfg,
+            inference_url=inference_url,
+            ready_port=args.ready_port,
+            prometheus_port=prometheus_port,
+        )
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -194,6 +239,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=None,
         help="serve GET /readyz (200 once registered with LiveKit) on 127.0.0.1:PORT",
+    )
+    start.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on worker.http_host:PORT (0: off); "
+        "overrides worker.prometheus_port",
     )
     start.set_defaults(func=_cmd_start)
     # `voicestack up --components ...,inference,agent` learns about our processes here.

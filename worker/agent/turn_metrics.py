@@ -1,19 +1,43 @@
-"""Per-turn latency metrics of a session, logged as one line per agent reply.
+"""Per-turn latency metrics of a session: one log line per agent reply, and Prometheus histograms.
 
 livekit-agents 1.8 attaches timings to each ``ChatMessage.metrics`` (``metrics_collected`` is
 deprecated): the user message carries end-of-utterance and transcription delays, the
-assistant message LLM time-to-first-token, TTS time-to-first-byte and the end-to-end delay.
+assistant message LLM time-to-first-token, TTS time-to-first-byte and ``e2e_latency``: from the
+caller's end of speech as the agent's VAD saw it to the first agent audio frame captured for
+publishing. That last one is what we export as ``voicestack_agent_response_seconds``: the agent's
+share of voice-to-voice latency, without the two media legs (caller -> agent, agent -> caller).
+
+The histograms live in job processes; the worker's main process serves them through
+prometheus_client's multiprocess mode (see :mod:`worker.agent.metrics_export`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TurnMetrics", "TurnMetricsLog"]
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+
+__all__ = [
+    "RESPONSE_METRIC",
+    "STAGES",
+    "STAGE_METRIC",
+    "TurnMetrics",
+    "TurnMetricsLog",
+    "TurnMetricsRecorder",
+    "default_recorder",
+]
 
 logger = logging.getLogger("voicestack.agent.metrics")
+
+STAGE_METRIC = "voicestack_agent_turn_stage_seconds"
+RESPONSE_METRIC = "voicestack_agent_response_seconds"
+STAGES = ("end_of_utterance", "stt", "llm_ttft", "tts_ttfb")
+"""The ``stage`` label values of :data:`STAGE_METRIC`."""
+# A phone reply is good under ~1 s and broken past a few; finer buckets where it matters.
+_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 @dataclass
@@ -38,12 +62,60 @@ class TurnMetrics:
             f"llm_ttft={ms(self.llm_ttft)} tts_ttfb={ms(self.tts_ttfb)} e2e={ms(self.e2e)}"
         )
 
+    def stages(self) -> dict[str, float]:
+        """The measured stage timings by ``stage`` label (unmeasured stages left out)."""
+        values = (self.end_of_utterance_delay, self.stt_delay, self.llm_ttft, self.tts_ttfb)
+        return {stage: v for stage, v in zip(STAGES, values, strict=True) if v is not None}
+
+
+class TurnMetricsRecorder:
+    """Observes completed turns into the per-stage and response-latency histograms.
+
+    One per process in production (:func:`default_recorder`); tests pass their own registry.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.stage_seconds = Histogram(
+            STAGE_METRIC,
+            "Per-turn latency of each agent stage: end_of_utterance (VAD end of speech -> end "
+            "of turn), stt (end of speech -> final transcript), llm_ttft, tts_ttfb",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.response_seconds = Histogram(
+            RESPONSE_METRIC,
+            "Caller's end of speech (agent VAD) -> first agent audio frame published; "
+            "voice-to-voice latency without the two media legs",
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+
+    def record(self, turn: TurnMetrics) -> None:
+        """Observe every measured timing of ``turn``; negative values (clock skew) are dropped."""
+        for stage, value in turn.stages().items():
+            if value >= 0:
+                self.stage_seconds.labels(stage=stage).observe(value)
+        if turn.e2e is not None and turn.e2e >= 0:
+            self.response_seconds.observe(turn.e2e)
+
+
+@functools.cache
+def default_recorder() -> TurnMetricsRecorder:
+    """The process-wide recorder on the default registry, made on first use.
+
+    Lazily: the worker's main process imports this module before livekit-agents empties the
+    multiprocess directory, and a histogram made then would write to a deleted file.
+    """
+    return TurnMetricsRecorder()
+
 
 class TurnMetricsLog:
     """Collects ``conversation_item_added`` messages into :class:`TurnMetrics` records."""
 
-    def __init__(self, call_id: str) -> None:
+    def __init__(self, call_id: str, recorder: TurnMetricsRecorder | None = None) -> None:
         self.call_id = call_id
+        self._recorder = recorder
         self.turns: list[TurnMetrics] = []
         self._pending: TurnMetrics | None = None
         self._user_turns = 0
@@ -69,6 +141,7 @@ class TurnMetricsLog:
         turn.tts_ttfb = metrics.get("tts_node_ttfb")
         turn.e2e = metrics.get("e2e_latency")
         self.turns.append(turn)
+        (self._recorder or default_recorder()).record(turn)
         logger.info(
             "%s",
             turn.log_line(),

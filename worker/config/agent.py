@@ -95,6 +95,13 @@ class WorkerConfig(_Strict):
     on a busy 2-core machine."""
     http_port: Annotated[int, Field(ge=0, le=65535)] = 0
     """The worker's health server; 0 picks a free port."""
+    http_host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    """Address of the health server and of the Prometheus endpoint (livekit-agents binds both
+    on one host). A container must use ``0.0.0.0`` for Prometheus to reach the endpoint."""
+    prometheus_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """Serve Prometheus ``/metrics`` here (``lk_agents_*`` and ``voicestack_agent_*``, job
+    processes included); 0 or null: off. ``voicestack agent start --prometheus-port``
+    overrides it (the loopback stack passes a free port)."""
 
 
 class AgentConfig(_Strict):
