@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from worker.config.inference import InferenceConfig
+from worker.config.inference import InferenceConfig, apply_set_defaults
 from worker.config.loader import parse_model
 from worker.inference.metrics import InferenceMetrics
 from worker.models.manifest import DEFAULT_MANIFEST, LlmEngine, SttEngine, load_manifest
@@ -256,19 +256,30 @@ def test_offline_and_no_development_keys() -> None:
 def test_production_inference_config_matches_the_manifest() -> None:
     data = yaml.safe_load((ROOT / "deploy/config/inference.gpu.yaml").read_text("utf-8"))
     cfg = parse_model(data, InferenceConfig, "deploy/config/inference.gpu.yaml")
-    gpu = load_manifest(DEFAULT_MANIFEST).model_set("gpu-en")
-    models_dir = Path("/models")
-    assert cfg.device == "cuda" == gpu.device
-    assert cfg.models.stt_dir == gpu.stt.location(models_dir)
-    assert cfg.models.llm_gguf == gpu.llm.location(models_dir)
-    assert cfg.models.tts_onnx == gpu.tts.location(models_dir)
-    assert isinstance(gpu.stt.engine, SttEngine) and isinstance(gpu.llm.engine, LlmEngine)
-    assert cfg.stt.compute_type == gpu.stt.engine.compute_type
-    assert cfg.llm.n_ctx == gpu.llm.engine.context_length
+    manifest = load_manifest(DEFAULT_MANIFEST)
+    # The config names a set of the manifest, and the one the entrypoint checks by default.
+    assert cfg.models.set_name == "gpu-en"
+    gpu = manifest.model_set(cfg.models.set_name)
     assert (
         _services()["inference"]["environment"]["VOICESTACK_MODEL_SET"]
-        == "${VOICESTACK_MODEL_SET:-gpu-en}"
+        == "${VOICESTACK_MODEL_SET:-" + cfg.models.set_name + "}"
     )
+    # Its files come from the set (no per-role path mirrors it), under the mounted models dir.
+    assert (cfg.models.stt_dir, cfg.models.llm_gguf, cfg.models.tts_onnx) == (None, None, None)
+    inference = _services()["inference"]
+    assert cfg.models.dir.is_absolute()
+    assert f"${{VOICESTACK_MODELS_DIR:-./models}}:{cfg.models.dir}:ro" in inference["volumes"]
+    # The entrypoint's `download_models.sh --check` looks where the server loads from.
+    assert inference["environment"]["VOICESTACK_MODELS_DIR"] == str(cfg.models.dir)
+    # The engines run with the set's settings: the set's defaults apply where the file is silent.
+    effective = apply_set_defaults(cfg, gpu)
+    assert isinstance(gpu.stt.engine, SttEngine) and isinstance(gpu.llm.engine, LlmEngine)
+    assert effective.device == "cuda" == gpu.device
+    assert effective.stt.compute_type == gpu.stt.engine.compute_type
+    assert effective.stt.language == gpu.stt.engine.language
+    # n_ctx is per call sequence; all slots together hold the manifest's context_length (its
+    # GPU memory estimate is for that many KV cells).
+    assert effective.llm.n_ctx * effective.scheduler.llm.slots == gpu.llm.engine.context_length
 
 
 def test_dashboard_queries_only_known_metrics() -> None:

@@ -3,11 +3,17 @@
 Loaded once at startup with :func:`load_inference_config`; every model path is resolved and
 checked there, so a wrong path is a :class:`~worker.config.loader.ConfigError` naming the key,
 never a traceback in an engine thread.
+
+Models come from a named set of ``models/manifest.toml`` (``models.set``, the bundled tiny set by
+default), resolved with :func:`~worker.models.manifest.resolve_model_set`; the set's engine
+settings (device, Whisper compute type and language, LLM context length) are the defaults of the
+corresponding keys, and whatever the file sets explicitly wins. Explicit per-file paths
+(``models.stt_dir`` ...) replace the set's file for that role.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,7 +22,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from worker.config.loader import ConfigError, load_model, parse_model
 from worker.inference.scheduler.config import SchedulingConfig
-from worker.models.paths import ModelFiles, ModelNotFoundError, bundled_model_files
+from worker.models.manifest import (
+    DEFAULT_SET,
+    LlmEngine,
+    Manifest,
+    ManifestError,
+    ModelSet,
+    SttEngine,
+    TtsEngine,
+    load_manifest,
+    resolve_model_set,
+)
+from worker.models.paths import ModelFiles, ModelNotFoundError
 
 __all__ = [
     "InferenceConfig",
@@ -27,6 +44,7 @@ __all__ = [
     "SchedulingConfig",
     "SttEngineConfig",
     "TtsEngineConfig",
+    "apply_set_defaults",
     "load_inference_config",
     "resolve_models",
 ]
@@ -79,9 +97,25 @@ class TtsEngineConfig(_Strict):
 
 
 class ModelsConfig(_Strict):
-    """Model files; ``null`` means the bundled default. Relative paths are resolved against the
-    directory of the configuration file."""
+    """Which models to load: a named set of the manifest, with optional per-role file overrides.
 
+    Relative paths are resolved against the directory of the configuration file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    set_name: str = Field(
+        DEFAULT_SET,
+        alias="set",
+        min_length=1,
+        description="model set of the manifest (scripts/download_models.sh SET fetches it)",
+    )
+    dir: Path = Field(
+        Path("../models"), description="where downloaded sets live (the downloader's --models-dir)"
+    )
+    manifest: Path | None = Field(
+        None, description="model manifest; null: $VOICESTACK_MODEL_MANIFEST or models/manifest.toml"
+    )
     stt_dir: Path | None = None
     llm_gguf: Path | None = None
     tts_onnx: Path | None = None
@@ -125,6 +159,8 @@ class ResolvedModels:
     stt_dir: Path
     llm_gguf: Path
     tts_onnx: Path
+    set_name: str = DEFAULT_SET
+    """The manifest set the files (those not overridden by path) come from."""
 
     @property
     def tts_config(self) -> Path:
@@ -137,47 +173,113 @@ def _check(key: str, required: list[Path], source: str) -> None:
             raise ConfigError(f"{source}: models.{key}: model file not found: {item}")
 
 
+def _load_set(models: ModelsConfig, base_dir: Path, source: str) -> ModelSet:
+    manifest_path = None if models.manifest is None else _absolute(models.manifest, base_dir)
+    try:
+        manifest: Manifest = load_manifest(manifest_path)
+        return manifest.model_set(models.set_name)
+    except ManifestError as err:
+        raise ConfigError(f"{source}: models.set: {err}") from None
+
+
+def _absolute(p: Path, base_dir: Path) -> Path:
+    return p if p.is_absolute() else (base_dir / p).resolve()
+
+
 def resolve_models(
     models: ModelsConfig, base_dir: Path, source: str = "<config>"
 ) -> ResolvedModels:
-    """Turn the configured model set into checked paths; bundled models fill the gaps.
+    """Turn the configured model set into checked paths; per-role paths replace set files.
 
-    Raises :class:`ConfigError` naming the key of the first missing file.
+    Raises :class:`ConfigError` for an unknown set, a missing or unverified file of the set (the
+    message names set, file and the ``scripts/download_models.sh`` command that fixes it) and a
+    missing overridden file (naming its key).
     """
-
-    def absolute(p: Path) -> Path:
-        return p if p.is_absolute() else (base_dir / p).resolve()
-
-    bundled: list[ModelFiles] = []
-
-    def pick(configured: Path | None, default: Callable[[ModelFiles], Path]) -> Path:
-        if configured is not None:
-            return absolute(configured)
-        if not bundled:
-            try:
-                bundled.append(bundled_model_files())
-            except ModelNotFoundError as err:
-                raise ConfigError(f"{source}: models: bundled model missing: {err}") from None
-        return default(bundled[0])
-
-    stt_dir = pick(models.stt_dir, lambda b: b.stt_dir)
-    llm = pick(models.llm_gguf, lambda b: b.llm_gguf)
-    tts = pick(models.tts_onnx, lambda b: b.tts_onnx)
+    manifest = None if models.manifest is None else _absolute(models.manifest, base_dir)
+    model_set = _load_set(models, base_dir, source)
+    stt_dir = None if models.stt_dir is None else _absolute(models.stt_dir, base_dir)
+    llm = None if models.llm_gguf is None else _absolute(models.llm_gguf, base_dir)
+    tts = None if models.tts_onnx is None else _absolute(models.tts_onnx, base_dir)
+    if stt_dir is None or llm is None or tts is None:
+        models_dir = _absolute(models.dir, base_dir)
+        try:
+            files: ModelFiles = resolve_model_set(models.set_name, models_dir, manifest)
+        except (ModelNotFoundError, ManifestError) as err:
+            raise ConfigError(f"{source}: models.set {models.set_name!r}: {err}") from None
+        stt_dir = stt_dir or files.stt_dir
+        llm = llm or files.llm_gguf
+        tts = tts or files.tts_onnx
     # tokenizer.json must be present or faster-whisper tries the hub.
     stt_files = [stt_dir / n for n in ("model.bin", "config.json", "tokenizer.json")]
     _check("stt_dir", stt_files, source)
     _check("llm_gguf", [llm], source)
     _check("tts_onnx", [tts, tts.with_name(tts.name + ".json")], source)
-    return ResolvedModels(stt_dir=stt_dir, llm_gguf=llm, tts_onnx=tts)
+    if models.tts_onnx is None:
+        _check_voice_rate(model_set, tts, source)
+    return ResolvedModels(stt_dir=stt_dir, llm_gguf=llm, tts_onnx=tts, set_name=model_set.name)
+
+
+def _check_voice_rate(model_set: ModelSet, tts: Path, source: str) -> None:
+    """The manifest's sample rate is what the agents announce; the voice must really have it."""
+    engine = model_set.tts.engine
+    if not isinstance(engine, TtsEngine):
+        return
+    voice_json = tts.with_name(tts.name + ".json")
+    try:
+        rate = json.loads(voice_json.read_text(encoding="utf-8"))["audio"]["sample_rate"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{source}: models: cannot read the voice's sample rate: {err}") from None
+    if rate != engine.sample_rate:
+        raise ConfigError(
+            f"{source}: models.set {model_set.name!r}: voice {tts} is {rate} Hz but the manifest "
+            f"says {engine.sample_rate} Hz ({model_set.tts.key})"
+        )
+
+
+def apply_set_defaults(cfg: InferenceConfig, model_set: ModelSet) -> InferenceConfig:
+    """``cfg`` with the set's engine settings wherever the configuration left the key unset.
+
+    A role whose file is overridden by path keeps the configuration's own defaults: the set's
+    settings describe the set's model, not the replacement. Raises ``ValueError`` when a
+    manifest value is outside the configuration's bounds.
+    """
+    update: dict[str, object] = {}
+    if "device" not in cfg.model_fields_set:
+        update["device"] = model_set.device
+    stt = model_set.stt.engine
+    if isinstance(stt, SttEngine) and cfg.models.stt_dir is None:
+        wanted = {"compute_type": stt.compute_type, "language": stt.language}
+        unset = {k: v for k, v in wanted.items() if k not in cfg.stt.model_fields_set}
+        update["stt"] = SttEngineConfig.model_validate({**cfg.stt.model_dump(), **unset})
+    llm = model_set.llm.engine
+    if isinstance(llm, LlmEngine) and cfg.models.llm_gguf is None:
+        if "n_ctx" not in cfg.llm.model_fields_set:
+            fields = {**cfg.llm.model_dump(), "n_ctx": llm.context_length}
+            update["llm"] = LlmEngineConfig.model_validate(fields)
+    return cfg.model_copy(update=update)
 
 
 def load_inference_config(
     path: str | Path | None = None,
 ) -> tuple[InferenceConfig, ResolvedModels]:
-    """Load and validate the configuration (defaults when ``path`` is None) and its models."""
+    """Load and validate the configuration (defaults when ``path`` is None) and its models.
+
+    The returned configuration carries the model set's engine settings as defaults (see the
+    module docstring).
+    """
     if path is None:
         cfg = parse_model({}, InferenceConfig, "<defaults>")
-        return cfg, resolve_models(cfg.models, Path.cwd(), "<defaults>")
-    path = Path(path)
-    cfg = load_model(path, InferenceConfig)
-    return cfg, resolve_models(cfg.models, path.resolve().parent, str(path))
+        base_dir, source = Path.cwd(), "<defaults>"
+    else:
+        path = Path(path)
+        cfg = load_model(path, InferenceConfig)
+        base_dir, source = path.resolve().parent, str(path)
+    models = resolve_models(cfg.models, base_dir, source)
+    model_set = _load_set(cfg.models, base_dir, source)
+    try:
+        cfg = apply_set_defaults(cfg, model_set)
+    except ValueError as err:
+        raise ConfigError(
+            f"{source}: engine settings of model set {model_set.name!r}: {err}"
+        ) from None
+    return cfg, models
