@@ -111,7 +111,11 @@ def default_recorder() -> TurnMetricsRecorder:
 
 
 class TurnMetricsLog:
-    """Collects ``conversation_item_added`` messages into :class:`TurnMetrics` records."""
+    """Collects ``conversation_item_added`` messages into :class:`TurnMetrics` records.
+
+    Each completed turn is logged and observed by ``recorder`` (default: the process-wide
+    :func:`default_recorder`).
+    """
 
     def __init__(self, call_id: str, recorder: TurnMetricsRecorder | None = None) -> None:
         self.call_id = call_id
