@@ -1,8 +1,11 @@
-"""Write the agent config with its health port fixed, for the container health check.
+"""Write the agent config with its health port and address fixed, for the container.
 
 ``config/agent.yaml`` uses ``worker.http_port: 0`` (a free port: several workers may share a
-host in dev). In compose each agent replica has its own network namespace, so the image pins
-the port (``AGENT_HEALTH_PORT``, default 8081) and everything else stays as in the shared file.
+host in dev) on 127.0.0.1. In compose each agent replica has its own network namespace, so the
+image pins the port (``AGENT_HEALTH_PORT``, default 8081) and listens on all of the container's
+interfaces: livekit-agents serves health and ``/metrics`` (the Prometheus port) on that one
+address, and Prometheus scrapes every replica over the compose network. Everything else stays
+as in the shared file.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ def main(argv: list[str]) -> int:
     try:
         load_agent_config(source)  # the shared file itself must be valid
         data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        data.setdefault("worker", {})["http_port"] = int(
-            os.environ.get("AGENT_HEALTH_PORT", "8081")
-        )
+        worker = data.setdefault("worker", {})
+        worker["http_port"] = int(os.environ.get("AGENT_HEALTH_PORT", "8081"))
+        worker["http_host"] = "0.0.0.0"
         target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         load_agent_config(target)
     except (ConfigError, ValueError) as err:

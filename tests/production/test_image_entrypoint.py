@@ -71,7 +71,7 @@ def test_render_refuses_a_missing_value(tmp_path: Path) -> None:
     assert not (tmp_path / "r" / "livekit-server.yaml").exists()
 
 
-def test_agent_config_pins_only_the_health_port(tmp_path: Path) -> None:
+def test_agent_config_pins_only_the_health_port_and_address(tmp_path: Path) -> None:
     target = tmp_path / "agent.yaml"
     result = _run(
         [sys.executable, str(ROOT / "docker/agent_config.py"), str(ROOT / "config/agent.yaml"),
@@ -82,7 +82,13 @@ def test_agent_config_pins_only_the_health_port(tmp_path: Path) -> None:
     shared = yaml.safe_load((ROOT / "config/agent.yaml").read_text(encoding="utf-8"))
     pinned = yaml.safe_load(target.read_text(encoding="utf-8"))
     assert pinned["worker"]["http_port"] == 8099
+    # Prometheus scrapes every replica over the compose network.
+    assert pinned["worker"]["http_host"] == "0.0.0.0"
     pinned["worker"]["http_port"] = shared["worker"]["http_port"]
+    if "http_host" in shared["worker"]:
+        pinned["worker"]["http_host"] = shared["worker"]["http_host"]
+    else:
+        del pinned["worker"]["http_host"]
     assert pinned == shared
 
 
