@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 
 import pytest
 
@@ -18,6 +20,8 @@ from worker.inference.scheduler import (
     Stage,
     StepOutput,
 )
+from worker.inference.scheduler.admission import Decision
+from worker.inference.scheduler.rates import DecayingRate
 
 # A TTS engine that synthesizes 1000 characters per second, batched or not.
 TTS_COST = CostModelConfig(
@@ -148,3 +152,83 @@ def test_load_is_the_worst_engine_and_decays_when_an_engine_goes_idle() -> None:
     ac.update(stats(Engine.LLM, work=90.0, at=-1.0))  # an older snapshot changes nothing
     assert ac.load(0.0) == pytest.approx(0.7)
     assert ac.utilization(Engine.TTS, 0.0) == 0.0  # no stats: no such engine here
+
+
+class Feed:
+    """EngineStats as a scheduler posts them: a work rate averaged over ``tau`` (the scheduler's
+    own :class:`DecayingRate`), one snapshot per step, a fixed capacity of 100 units/s."""
+
+    def __init__(self, ac: AdmissionController, engine: Engine, tau: float = 1.0) -> None:
+        self.ac, self.engine, self.tau = ac, engine, tau
+        self.rate = DecayingRate(tau)
+        self.steps = 0
+
+    def step(self, at: float, batch: int, units: float) -> None:
+        self.rate.add(at, units)
+        self.steps += 1
+        self.ac.update(
+            dataclasses.replace(
+                stats(self.engine, work=self.rate.per_second(at), at=at),
+                steps=self.steps,
+                last_batch_size=batch,
+                load_window_s=self.tau,
+            )
+        )
+
+
+def _prompt_burst(weight: float) -> tuple[AdmissionController, Decision]:
+    ac = AdmissionController(
+        AdmissionConfig(max_load=0.85, llm_units_per_call_s=1.0, llm_prefill_token_weight=weight)
+    )
+    for i in range(4):
+        assert ac.admit_call(f"c{i}", 0.0).accepted
+    feed = Feed(ac, Engine.LLM)
+    # Four calls' 100-token prompts prefilled in one step (each emits its first token), then
+    # four decode steps of one token per sequence.
+    feed.step(0.10, batch=4, units=400.0)
+    for k in range(1, 5):
+        feed.step(0.10 + 0.02 * k, batch=4, units=4.0)
+    return ac, ac.admit_call("new", 0.2)
+
+
+def test_a_burst_of_prompts_counts_prefill_at_its_weight() -> None:
+    ac, decision = _prompt_burst(weight=0.1)
+    # Counted as tokens the burst reads about 4x the capacity. Weighted, the prefill step is
+    # 4 x (1 + 0.1 x 99) = 43.6 decode tokens, each decode step 4: over the 1 s window at 0.18 s
+    decode = sum(4.0 * math.exp(-(0.18 - t) / 1.0) for t in (0.12, 0.14, 0.16, 0.18))
+    weighted = 43.6 * math.exp(-0.08) + decode
+    assert ac.utilization(Engine.LLM, 0.18) == pytest.approx(weighted / 100, rel=1e-6)
+    # ... 56 % of capacity for four calls: room for a fifth under max_load = 85 %.
+    assert decision.accepted, decision.reason
+
+
+def test_prompt_tokens_weighted_like_decode_tokens_refuse_the_next_call() -> None:
+    ac, decision = _prompt_burst(weight=1.0)  # the old accounting
+    assert ac.utilization(Engine.LLM, 0.18) > 3.5
+    assert not decision.accepted and "llm engine" in decision.reason
+
+
+def test_decode_only_work_is_not_reweighted() -> None:
+    ac = AdmissionController(AdmissionConfig(llm_prefill_token_weight=0.1))
+    feed = Feed(ac, Engine.LLM)
+    for k in range(50):
+        feed.step(0.02 * k, batch=2, units=2.0)
+    assert ac.utilization(Engine.LLM, 0.98) == pytest.approx(feed.rate.per_second(0.98) / 100)
+
+
+def test_work_of_calls_that_ended_is_not_charged_to_the_next_calls() -> None:
+    ac = AdmissionController(AdmissionConfig(max_load=0.9, tts_units_per_call_s=1.0))
+    feed = Feed(ac, Engine.TTS)
+    calls = [f"old{i}" for i in range(8)]
+    for call in calls:
+        assert ac.admit_call(call, 0.0).accepted
+    for k in range(1, 61):  # 6 s of 8 calls at 10 characters per second each: 80 % busy
+        feed.step(0.1 * k, batch=1, units=8.0)
+    assert 0.8 < ac.utilization(Engine.TTS, 6.0) < 0.85  # just after a step: a little above
+    for call in calls:
+        ac.release_call(call)
+    # At once, while the work rate still reads over 80 %: each call costs 10.5 %, so eight fit
+    # under max_load = 90 % and the ninth does not (charging the 80 % to the first new call
+    # alone, as the projection did, refused the second).
+    accepted = [ac.admit_call(f"new{i}", 6.01).accepted for i in range(10)]
+    assert accepted == [True] * 8 + [False] * 2

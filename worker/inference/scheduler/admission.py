@@ -10,9 +10,21 @@ controller lives on the server's event loop, which alone mutates it; it reads no
   engine that posts nothing (idle) decays with its window, so the load recovers by itself.
 * ``admit_call`` refuses at once, with a reason, a call that would push the projected load over
   ``max_load``: the projection is (calls + 1) x per-call demand, where the per-call demand is the
-  measured utilisation per active call, but never less than the configured prior (calls that
-  were just admitted have not spoken yet). Request-level refusal is the schedulers' bounded
-  queues (:class:`~.request.SchedulerFullError`).
+  measured utilisation per call over the same window (utilisation / the time-averaged number
+  of admitted calls, both exponential averages over the engine's ``load_window_s``, so the work
+  of calls that just ended is not charged to the calls admitted after them), but never less
+  than the configured prior (calls that were just admitted have not spoken yet). Request-level
+  refusal is the schedulers' bounded queues (:class:`~.request.SchedulerFullError`).
+
+LLM work units are tokens, and the scheduler counts a prompt's tokens like generated ones. They
+are not alike: a prompt runs through llama.cpp in one batched pass, a generated token costs a
+whole decode step, so a burst of new prompts would read as several times the engine's capacity
+and refuse calls on an engine that is only briefly busy. The controller therefore reweights the
+LLM's work: from consecutive snapshots it recovers the units of each step (the work rate is an
+exponential average, so the difference of two snapshots is exact), counts one unit per batch
+item as the decode token and the rest as prompt tokens at ``llm_prefill_token_weight`` decode
+tokens each, and scales the engine's measured utilisation by weighted / raw work over the same
+window.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import EngineStats
+from .rates import DecayingRate
 from .request import Engine
 
 __all__ = ["AdmissionConfig", "AdmissionController", "Decision"]
@@ -40,6 +53,16 @@ class AdmissionConfig(BaseModel):
     )
     llm_units_per_call_s: float = Field(6.0, ge=0, description="prior: tokens per call-second")
     tts_units_per_call_s: float = Field(8.0, ge=0, description="prior: characters per call-second")
+    # Prompt tokens run through llama.cpp in one batched pass. The default is an estimate for
+    # a GPU, where prompt processing is many times faster per token than a decode step (not
+    # measured here); on the shared 2-core CPU box with the bundled model a prompt token cost
+    # 0.57 of a single-sequence decode token (8.4 vs 14.6 ms), so config/inference.yaml sets 0.6.
+    llm_prefill_token_weight: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="cost of one prompt (prefill) token in generated tokens",
+    )
 
     def prior_units_per_call_s(self, engine: Engine) -> float:
         """The configured per-call demand on ``engine`` in its work units per second."""
@@ -67,6 +90,13 @@ class AdmissionController:
         self.config = config or AdmissionConfig()
         self._calls: set[str] = set()
         self._stats: dict[Engine, EngineStats] = {}
+        # Time-averaged number of admitted calls per engine, over that engine's load window:
+        # (average, as of time). The controller reads no clock: times come with the calls.
+        self._calls_avg: dict[Engine, tuple[float, float]] = {}
+        self._t = -math.inf  # the latest time any call told us
+        # LLM work over the engine's load window: as counted, and with prompt tokens weighted.
+        self._llm_raw: DecayingRate | None = None
+        self._llm_weighted: DecayingRate | None = None
 
     @property
     def active_calls(self) -> int:
@@ -76,8 +106,63 @@ class AdmissionController:
     def update(self, stats: EngineStats) -> None:
         """Take an engine's newest snapshot (older snapshots of that engine are replaced)."""
         current = self._stats.get(stats.engine)
+        self._advance(stats.at)
+        if stats.engine not in self._calls_avg:
+            self._calls_avg[stats.engine] = (float(self.active_calls), stats.at)
         if current is None or stats.at >= current.at:
+            if stats.engine is Engine.LLM:
+                self._weigh_llm_steps(current, stats)
             self._stats[stats.engine] = stats
+
+    def _weigh_llm_steps(self, prev: EngineStats | None, st: EngineStats) -> None:
+        steps = st.steps - (prev.steps if prev is not None else 0)
+        if steps <= 0:
+            return
+        tau = st.load_window_s
+        if self._llm_raw is None or self._llm_raw.tau_s != tau:
+            self._llm_raw, self._llm_weighted = DecayingRate(tau), DecayingRate(tau)
+        assert self._llm_weighted is not None
+        before = 0.0
+        if prev is not None:
+            before = prev.work_units_per_s * math.exp(-max(0.0, st.at - prev.at) / tau)
+        units = max(0.0, (st.work_units_per_s - before) * tau)
+        # One unit per item is its decode token (a prefill item's last chunk emits one too);
+        # with several steps between snapshots their batch sizes are assumed alike.
+        decode = min(units, float(st.last_batch_size * steps))
+        prompt = units - decode
+        self._llm_raw.add(st.at, units)
+        self._llm_weighted.add(st.at, decode + self.config.llm_prefill_token_weight * prompt)
+
+    def _advance(self, now: float) -> None:
+        """Bring the call averages to ``now`` with the call count that held until now."""
+        if now <= self._t:
+            return
+        n = float(self.active_calls)
+        for engine, (avg, at) in self._calls_avg.items():
+            if now > at:
+                decay = math.exp(-(now - at) / self._stats[engine].load_window_s)
+                self._calls_avg[engine] = (n + (avg - n) * decay, now)
+        self._t = now
+
+    def calls_average(self, engine: Engine, now: float) -> float:
+        """Admitted calls averaged over ``engine``'s load window (the window of its work rate)."""
+        entry = self._calls_avg.get(engine)
+        if entry is None:
+            return float(self.active_calls)
+        avg, at = entry
+        n = float(self.active_calls)
+        if now <= at:
+            return avg
+        return n + (avg - n) * math.exp(-(now - at) / self._stats[engine].load_window_s)
+
+    def _llm_cost_factor(self, now: float) -> float:
+        """Weighted / counted LLM work over the window (1 while nothing was reconstructed)."""
+        if self._llm_raw is None or self._llm_weighted is None:
+            return 1.0
+        raw = self._llm_raw.per_second(now)
+        if raw <= 0:
+            return 1.0
+        return self._llm_weighted.per_second(now) / raw
 
     def utilization(self, engine: Engine, now: float) -> float:
         """Offered work / capacity of ``engine`` (0 for an engine without stats)."""
@@ -85,6 +170,8 @@ class AdmissionController:
         if st is None:
             return 0.0
         work = st.work_units_per_s * math.exp(-max(0.0, now - st.at) / st.load_window_s)
+        if engine is Engine.LLM:
+            work *= self._llm_cost_factor(now)
         if st.capacity_units_per_s <= 0:
             return 1.0 if work > 0 else 0.0
         return work / st.capacity_units_per_s
@@ -121,7 +208,10 @@ class AdmissionController:
                 prior = 1.0
             # The configured demand is a floor: calls admitted a moment ago have not spoken yet,
             # and a burst of new calls must not all be admitted on an idle engine's numbers.
-            per_call = max(util / n if n else 0.0, prior)
+            # Measured demand: the window's work over the calls of the same window.
+            calls = self.calls_average(engine, now)
+            measured = util / max(calls, 1.0) if n and calls > 0 else 0.0
+            per_call = max(measured, prior)
             proj = max((n + 1) * per_call, self._queue_fill(st))
             worst = max(worst, (proj, str(engine)))
         engine_load, busiest = worst
@@ -141,12 +231,15 @@ class AdmissionController:
         reason, projected = self._refusal(now)
         if reason is not None:
             return Decision(False, reason, load, projected)
+        self._advance(now)
         self._calls.add(call_id)
         return Decision(True, "admitted", load, projected)
 
-    def release_call(self, call_id: str) -> bool:
-        """The call ended; returns False if it was not admitted."""
+    def release_call(self, call_id: str, now: float | None = None) -> bool:
+        """The call ended (at ``now``; default: the latest time the controller was told of);
+        returns False if it was not admitted."""
         if call_id in self._calls:
+            self._advance(self._t if now is None else now)
             self._calls.remove(call_id)
             return True
         return False
