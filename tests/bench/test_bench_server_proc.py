@@ -105,3 +105,17 @@ def test_mode_config_reports_a_broken_base(tmp_path: Path) -> None:
         write_mode_config(base, "serial", tmp_path / "out.yaml")
     with pytest.raises(ConfigError, match="not found"):
         write_mode_config(tmp_path / "missing.yaml", "serial", tmp_path / "out.yaml")
+
+
+def test_mode_config_copy_keeps_set_names_and_resolves_relative_paths(tmp_path: Path) -> None:
+    """Only the models section's path fields move with the copy; a set name is not a path, and
+    the relative ``dir`` default still points where it did from the original file."""
+    base = tmp_path / "conf" / "inference.yaml"
+    base.parent.mkdir()
+    base.write_text("models:\n  set: bundled\n", encoding="utf-8")
+    dest = write_mode_config(base, "serial", tmp_path / "elsewhere" / "inference.yaml")
+    models = yaml.safe_load(dest.read_text(encoding="utf-8"))["models"]
+    assert models["set"] == "bundled"
+    assert models["dir"] == str((tmp_path / "models").resolve())
+    _cfg, resolved = load_inference_config(dest)
+    assert resolved.set_name == "bundled"

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import yaml
@@ -75,12 +75,12 @@ def write_mode_config(base: Path, mode: str, dest: Path) -> Path:
     if not isinstance(scheduler, dict):
         raise ConfigError(f"{base}: {section}: expected a mapping")
     data[section] = {**scheduler, "mode": mode}
-    # Relative model paths are relative to the config file: make them absolute for the copy.
     models = data.get("models")
-    if isinstance(models, dict):
-        for key, value in list(models.items()):
-            if isinstance(value, str) and not Path(value).is_absolute():
-                models[key] = str((base.resolve().parent / value).resolve())
+    if models is None:
+        models = data["models"] = {}
+    if not isinstance(models, dict):
+        raise ConfigError(f"{base}: models: expected a mapping")
+    _absolutize_model_paths(models, base.resolve().parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     try:
@@ -91,6 +91,25 @@ def write_mode_config(base: Path, mode: str, dest: Path) -> Path:
             f"inference server's configuration: {err}"
         ) from None
     return dest
+
+
+def _absolutize_model_paths(models: dict[str, Any], base_dir: Path) -> None:
+    """Relative model paths are relative to the config file, which the copy leaves behind: make
+    every path field of the models section absolute, defaults included (``dir`` defaults to a
+    relative path). Which keys are paths comes from the server's own model, so names such as
+    ``set`` stay as they are."""
+    from worker.config.inference import ModelsConfig
+
+    for name, field in ModelsConfig.model_fields.items():
+        key = field.alias or name
+        if Path not in (field.annotation, *get_args(field.annotation)):
+            continue
+        value = models.get(key, field.default)
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            models[key] = str((base_dir / path).resolve())
 
 
 def _free_port() -> int:
