@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
+
+from worker.inference.owner_thread import EngineLoadError, OwnerThread
 
 __all__ = [
     "EngineLoadError",
@@ -66,10 +67,6 @@ class Overloaded(RuntimeError):
 
 class EngineNotReady(RuntimeError):
     """The engine has not loaded its model (yet), or its load failed."""
-
-
-class EngineLoadError(RuntimeError):
-    """Loading the model failed; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +221,7 @@ class RunnerObserver(Protocol):
     def work_done(self, engine: str, state: WorkState, wait_s: float, run_s: float) -> None: ...
 
 
-class EngineRunner(Generic[E, P, R]):
+class EngineRunner(OwnerThread[E], Generic[E, P, R]):
     """One owner thread per engine.
 
     ``load`` builds the engine inside the thread; ``execute(engine, payload, ctx)`` computes one
@@ -242,39 +239,14 @@ class EngineRunner(Generic[E, P, R]):
         policy: WorkPolicy | None = None,
         observer: RunnerObserver | None = None,
     ) -> None:
-        self.name = name
-        self._load = load
+        super().__init__(name, load)
         self._execute = execute
         self._max_queue = max_queue
         self._policy: WorkPolicy = policy if policy is not None else FifoPolicy()
         self._observer = observer
-        self._cond = threading.Condition()
         self._running: Work[P, R] | None = None
-        self._stopping = False
-        self._ready = threading.Event()
-        self._load_error: BaseException | None = None
-        self._ids = itertools.count(1)
-        self._thread = threading.Thread(target=self._main, name=f"engine-{name}", daemon=True)
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the owner thread; the model loads there."""
-        self._thread.start()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._load_error is None
-
-    @property
-    def load_error(self) -> BaseException | None:
-        return self._load_error
-
-    async def wait_loaded(self) -> None:
-        """Wait until the engine is loaded; raise :class:`EngineLoadError` if the load failed."""
-        await asyncio.to_thread(self._ready.wait)
-        if self._load_error is not None:
-            raise EngineLoadError(f"{self.name} engine failed to load: {self._load_error}")
-
+    # -- lifecycle (start, ready, load_error, wait_loaded: OwnerThread) -------------------------
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel everything, let the running item stop, and join the thread."""
         with self._cond:
@@ -282,8 +254,7 @@ class EngineRunner(Generic[E, P, R]):
             if self._running is not None:
                 self._running._cancel.set()
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._join(timeout)
 
     # -- state for capacity and tests -----------------------------------------------------------
     @property
@@ -349,16 +320,7 @@ class EngineRunner(Generic[E, P, R]):
         self._finish(work, Terminal(WorkState.CANCELLED))
 
     # -- engine thread --------------------------------------------------------------------------
-    def _main(self) -> None:
-        try:
-            engine = self._load()
-        except BaseException as err:  # reported through readiness; the thread ends
-            log.exception("%s engine failed to load", self.name)
-            self._load_error = err
-            self._ready.set()
-            return
-        self._ready.set()
-        log.info("%s engine loaded", self.name)
+    def _serve(self, engine: E) -> None:
         while True:
             with self._cond:
                 while not self._stopping and len(self._policy) == 0:

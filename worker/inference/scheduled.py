@@ -16,16 +16,14 @@ handed to ``on_stats`` for admission control and metrics.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from worker.inference.owner_thread import OwnerThread
 from worker.inference.runtime import (
-    EngineLoadError,
     EngineNotReady,
     Overloaded,
     Terminal,
@@ -81,7 +79,7 @@ class StepEngine(Protocol):
         ...
 
 
-class ScheduledRunner(Generic[P, R]):
+class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
     """One owner thread, one scheduler, one batched engine.
 
     ``load`` builds the engine inside the thread (a slow load never blocks the event loop).
@@ -101,52 +99,26 @@ class ScheduledRunner(Generic[P, R]):
         on_stats: Callable[[EngineStats], None] | None = None,
         on_work_done: Callable[[str, WorkState, float, float], None] | None = None,
     ) -> None:
-        self.name = name
-        self._load = load
+        super().__init__(name, load)
         self._sched = scheduler
         self._clock = clock  # event-loop state: only touched in submit()
         self._max_inbox = max_inbox
         self._on_stats = on_stats
         self._on_work_done = on_work_done
-        self._cond = threading.Condition()
         self._inbox: list[StepItem[P, R]] = []
         self._aborts: list[Work[Any, Any]] = []
-        self._stopping = False
-        self._ready = threading.Event()
-        self._load_error: BaseException | None = None
-        self._ids = itertools.count(1)
         # Owner-thread state: request id -> item of every request the scheduler holds.
         self._live: dict[str, StepItem[P, R]] = {}
         self._waiting_estimate = 0  # scheduler waiting count as of the last iteration
         self._active = 0  # requests holding an engine slot, as of the last iteration
-        self._thread = threading.Thread(target=self._main, name=f"engine-{name}", daemon=True)
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the owner thread; the model loads there."""
-        self._thread.start()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._load_error is None
-
-    @property
-    def load_error(self) -> BaseException | None:
-        return self._load_error
-
-    async def wait_loaded(self) -> None:
-        """Wait until the engine is loaded; raise :class:`EngineLoadError` if the load failed."""
-        await asyncio.to_thread(self._ready.wait)
-        if self._load_error is not None:
-            raise EngineLoadError(f"{self.name} engine failed to load: {self._load_error}")
-
+    # -- lifecycle (start, ready, load_error, wait_loaded: OwnerThread) -------------------------
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the running step; every unfinished work item ends CANCELLED."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._join(timeout)
 
     # -- state for capacity and tests -----------------------------------------------------------
     @property
@@ -238,16 +210,10 @@ class ScheduledRunner(Generic[P, R]):
             self._cond.notify()
 
     # -- owner thread ---------------------------------------------------------------------------
-    def _main(self) -> None:
-        try:
-            engine = self._load()
-        except BaseException as err:  # reported through readiness; the thread ends
-            log.exception("%s engine failed to load", self.name)
-            self._load_error = err
-            self._ready.set()
-            return
-        self._ready.set()
-        log.info("%s engine loaded (scheduler mode %s)", self.name, self._sched.mode)
+    def _loaded_note(self) -> str:
+        return f" (scheduler mode {self._sched.mode})"
+
+    def _serve(self, engine: StepEngine) -> None:
         try:
             while self._iterate(engine):
                 pass
