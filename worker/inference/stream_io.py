@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -18,8 +18,11 @@ from worker.config.inference import InferenceConfig
 from worker.inference.jobs import EngineSet
 from worker.inference.metrics import InferenceMetrics
 from worker.inference.protocol import ErrorCode, StreamError
+from worker.inference.runtime import Overloaded, Terminal, Work, WorkState
 
-__all__ = ["ClientGone", "StreamContext", "cancel_and_wait"]
+__all__ = ["ClientGone", "StreamContext", "await_terminal", "cancel_and_wait"]
+
+R = TypeVar("R")
 
 
 class ClientGone(Exception):
@@ -97,3 +100,19 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def await_terminal(work: Work[Any, R], engine: str) -> Terminal[R]:
+    """Await ``work``'s terminal event and return it unless it failed: a failure becomes the
+    stream's error (``overloaded`` when the scheduler refused it late, else ``internal`` naming
+    ``engine``). However this ends (the stream being cancelled included) the work is cancelled,
+    so the engine frees its slot; cancelling a finished item is a no-op."""
+    try:
+        event = await work.wait()
+    finally:
+        work.cancel()
+    if event.state == WorkState.FAILED:
+        if isinstance(event.error, Overloaded):
+            raise StreamError(ErrorCode.OVERLOADED, str(event.error))
+        raise StreamError(ErrorCode.INTERNAL, f"{engine} engine failed: {event.error}")
+    return event

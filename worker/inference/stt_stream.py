@@ -18,7 +18,12 @@ from worker.inference.jobs import SttJob
 from worker.inference.protocol import ErrorCode, StreamError, SttStart, parse_control
 from worker.inference.runtime import Overloaded, Work, WorkState
 from worker.inference.scheduler import Stage
-from worker.inference.stream_io import ClientGone, StreamContext, cancel_and_wait
+from worker.inference.stream_io import (
+    ClientGone,
+    StreamContext,
+    await_terminal,
+    cancel_and_wait,
+)
 
 __all__ = ["run_stt_stream"]
 
@@ -132,14 +137,9 @@ class _SttStream:
                     raise StreamError(ErrorCode.OVERLOADED, str(err)) from None
                 self.final_work = work
                 try:
-                    event = await work.wait()
+                    event = await await_terminal(work, "stt")
                 finally:
-                    work.cancel()
                     self.final_work = None
-                if event.state == WorkState.FAILED:
-                    if isinstance(event.error, Overloaded):
-                        raise StreamError(ErrorCode.OVERLOADED, str(event.error))
-                    raise StreamError(ErrorCode.INTERNAL, f"stt engine failed: {event.error}")
                 text = event.result or ""
             await self.ctx.send_json(
                 {

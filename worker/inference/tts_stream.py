@@ -16,7 +16,12 @@ from worker.inference.jobs import TtsAudio, TtsJob
 from worker.inference.protocol import ErrorCode, StreamError, TtsStart, parse_control
 from worker.inference.runtime import Overloaded, Work, WorkState
 from worker.inference.scheduler import Stage
-from worker.inference.stream_io import ClientGone, StreamContext, cancel_and_wait
+from worker.inference.stream_io import (
+    ClientGone,
+    StreamContext,
+    await_terminal,
+    cancel_and_wait,
+)
 
 __all__ = ["run_tts_stream"]
 
@@ -112,14 +117,9 @@ class _TtsStream:
                 raise StreamError(ErrorCode.OVERLOADED, str(err)) from None
             self.work = work
             try:
-                event = await work.wait()
+                event = await await_terminal(work, "tts")
             finally:
-                work.cancel()
                 self.work = None
-            if event.state == WorkState.FAILED:
-                if isinstance(event.error, Overloaded):
-                    raise StreamError(ErrorCode.OVERLOADED, str(event.error))
-                raise StreamError(ErrorCode.INTERNAL, f"tts engine failed: {event.error}")
             if event.state != WorkState.FINISHED or event.result is None:
                 return
             audio = event.result
