@@ -232,9 +232,10 @@ async def _wait_idle(server: RunningServer) -> dict[str, Any]:
     async with asyncio.timeout(TIMEOUT):
         while True:
             cap = await _get_json(server.url + "/v1/capacity")
-            runners = server.server.engines.runners
+            # Judge idleness from the snapshot itself: checking the runners after fetching it
+            # could accept a snapshot taken while aborted work was still draining.
             if not any(cap["active_streams"].values()) and not any(
-                r.busy or r.queue_depth for r in runners
+                e["busy"] or e["queue_depth"] for e in cap["engines"].values()
             ):
                 return dict(cap)
             await asyncio.sleep(0.05)
