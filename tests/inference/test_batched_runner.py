@@ -37,10 +37,15 @@ class ScriptedEngine:
         self.left: dict[str, int] = {}
         self.gate = threading.Event()
         self.gate.set()
+        # When set, each step takes one ticket: a test can let exactly N steps run, so what it
+        # does between them does not race the engine thread.
+        self.tickets: threading.Semaphore | None = None
         self.fail_next = False
 
     def step(self, items: Sequence[StepItem[Any, Any]]) -> list[StepOutput]:
         self.gate.wait(10)
+        if self.tickets is not None:
+            self.tickets.acquire(timeout=10)
         self.log.append(("step", tuple(it.rid for it in items)))
         if self.fail_next:
             self.fail_next = False
@@ -115,6 +120,7 @@ async def test_requests_stream_to_the_end_and_release_their_slot() -> None:
 
 async def test_cancel_reaches_the_engine_before_its_next_step() -> None:
     engine = ScriptedEngine()
+    tickets = engine.tickets = threading.Semaphore(1)  # one step, then wait for the cancel
     runner = _runner(engine)
     runner.start()
     await runner.wait_loaded()
@@ -128,6 +134,7 @@ async def test_cancel_reaches_the_engine_before_its_next_step() -> None:
         first = await asyncio.wait_for(long.next_event(), 10)
         assert isinstance(first, Partial)
         long.cancel()
+        tickets.release(2000)
         _partials, end = await _collect(long)
         assert end.state == WorkState.CANCELLED
         rid = f"llm-{long.id}"
