@@ -176,13 +176,25 @@ class PiperStep:
         self._results: dict[str, Any] = {}
 
     def step(self, items: Sequence[StepItem[Any, Any]]) -> list[StepOutput]:
-        outs = []
+        """One item: ``synthesize``. Several (the scheduler batches only where the cost model
+        says it pays): one ``synthesize_batch`` per speed, since the graph takes one
+        length scale per run."""
+        if len(items) == 1:
+            job = items[0].work.payload
+            samples = [self.engine.synthesize(job.text, speed=job.speed)]
+            self._keep(items, samples)
+            return [StepOutput(items[0].rid, done=True)]
+        by_speed: dict[float, list[StepItem[Any, Any]]] = {}
         for it in items:
-            job = it.work.payload
-            samples = self.engine.synthesize(job.text, speed=job.speed)
-            self._results[it.rid] = TtsAudio(samples, self.engine.sample_rate)
-            outs.append(StepOutput(it.rid, done=True))
-        return outs
+            by_speed.setdefault(it.work.payload.speed, []).append(it)
+        for speed, group in by_speed.items():
+            texts = [it.work.payload.text for it in group]
+            self._keep(group, self.engine.synthesize_batch(texts, speed=speed))
+        return [StepOutput(it.rid, done=True) for it in items]
+
+    def _keep(self, items: Sequence[StepItem[Any, Any]], samples: Sequence[Any]) -> None:
+        for it, audio in zip(items, samples, strict=True):
+            self._results[it.rid] = TtsAudio(audio, self.engine.sample_rate)
 
     def result(self, rid: str) -> Any:
         return self._results.get(rid)
