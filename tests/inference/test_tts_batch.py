@@ -65,6 +65,7 @@ def _assert_same(batched: np.ndarray, single: np.ndarray) -> None:
 def test_batch_items_equal_each_clause_alone(
     engine: TtsEngine, alone: dict[str, np.ndarray]
 ) -> None:
+    assert engine.batches_in_one_run  # else synthesize_batch falls back to one run per item
     lengths = {len(a) for a in alone.values()}
     assert len(lengths) == len(CLAUSES)  # different lengths, so padding really happens
     for text, audio in zip(CLAUSES, engine.synthesize_batch(CLAUSES), strict=True):

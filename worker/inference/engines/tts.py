@@ -29,8 +29,11 @@ def _expose_lengths(onnx_path: Path) -> tuple[bytes | None, str | None]:
     """The voice's graph with its per-item frame counts added as an output, and that output's
     name; ``(None, None)`` when the graph has no ``Ceil -> ReduceSum -> Clip`` length chain (then
     batches run item by item: correct, just unbatched)."""
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:  # the server still speaks, one clause per run; say how to batch
+        _LOG.warning("the onnx package is missing: TTS batches run item by item (pip install onnx)")
+        return None, None
     model = onnx.load(str(onnx_path))
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -105,6 +108,12 @@ class TtsEngine:
         self.sample_rate: int = int(config.sample_rate)
         self._hop = int(config.hop_length)
         self._noise = (0.0, 0.0) if deterministic else (config.noise_scale, config.noise_w_scale)
+
+    @property
+    def batches_in_one_run(self) -> bool:
+        """True when :meth:`synthesize_batch` runs the graph once per batch (the per-item
+        lengths are exposed); False: it runs the items one by one."""
+        return self._lengths_output is not None
 
     def _length_scale(self, speed: float) -> float:
         if speed <= 0:
