@@ -56,7 +56,7 @@ build_tool() {  # name module version [cgo]
   if [[ -x "$TOOLS/bin/$name" ]] && grep -qx "$name $version" "$stamp"; then
     return
   fi
-  log "building $name $version with go install (first time takes minutes)"
+  log "go install $module@$version (minutes on a cold Go cache)"
   local tmp
   tmp=$(mktemp -d)
   CGO_ENABLED=$cgo GOBIN="$tmp" go install -trimpath "$module@$version"
