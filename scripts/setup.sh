@@ -70,32 +70,81 @@ build_tool() {  # name module version [cgo]
   mv "$stamp.tmp" "$stamp"
 }
 build_tool livekit-server github.com/livekit/livekit-server/cmd/server "$LIVEKIT_SERVER_VERSION" 0
-# The Go module proxy reachable here refuses github.com/livekit/sip ("403 This module version is
-# not available"), so livekit-sip cannot be installed the way the brief prescribes. Setup says so
-# and goes on: everything but the SIP leg works without it, and `voicestack up`/`demo` refuse the
-# SIP component with the same explanation. Where the proxy serves it, it is built like the server.
-if ! (build_tool livekit-sip github.com/livekit/sip/cmd/livekit-sip "$LIVEKIT_SIP_VERSION" 1) 2>"$TOOLS/livekit-sip.err"; then
-  if [[ -x "$TOOLS/bin/livekit-sip" ]]; then
-    log "warning: go install of livekit-sip $LIVEKIT_SIP_VERSION failed; using the existing $TOOLS/bin/livekit-sip"
+# livekit-sip: `go install` first (how operators elsewhere get it). The Go module proxy reachable
+# from our dev and CI machines refuses github.com/livekit/sip, so then the prebuilt, unmodified
+# v1.11.0 in ../shared/tools is installed after its sha256 and --version are checked
+# (build facts: ../shared/tools/README.md). Runtime libraries: libopus0 libopusfile0 libsoxr0,
+# pulled in by the -dev packages above.
+SIP_PREBUILT=${VOICESTACK_SIP_PREBUILT:-$root/../shared/tools/livekit-sip}
+SIP_PREBUILT_SHA256=1801e73abeb9c91f713ab6685172953068dd1f5c5879c9da305c3a388e895684
+install_prebuilt_sip() {
+  [[ -f $SIP_PREBUILT ]] || { log "no prebuilt livekit-sip at $SIP_PREBUILT"; return 1; }
+  local sum
+  sum=$(sha256sum "$SIP_PREBUILT" | cut -d' ' -f1)
+  [[ $sum == "$SIP_PREBUILT_SHA256" ]] \
+    || { log "prebuilt livekit-sip sha256 $sum != $SIP_PREBUILT_SHA256"; return 1; }
+  install -m 0755 "$SIP_PREBUILT" "$TOOLS/bin/livekit-sip.new"
+  local version
+  version=$("$TOOLS/bin/livekit-sip.new" --version 2>&1 | head -1) || true
+  [[ $version == "SIP version ${LIVEKIT_SIP_VERSION#v}" ]] \
+    || { log "prebuilt livekit-sip says '$version', want 'SIP version ${LIVEKIT_SIP_VERSION#v}'"; rm -f "$TOOLS/bin/livekit-sip.new"; return 1; }
+  mv -f "$TOOLS/bin/livekit-sip.new" "$TOOLS/bin/livekit-sip"
+  grep -v "^livekit-sip " "$stamp" >"$stamp.tmp" || true
+  echo "livekit-sip $LIVEKIT_SIP_VERSION prebuilt" >>"$stamp.tmp"
+  mv "$stamp.tmp" "$stamp"
+}
+sip_source=""
+if [[ -x "$TOOLS/bin/livekit-sip" ]] && grep -q "^livekit-sip $LIVEKIT_SIP_VERSION prebuilt$" "$stamp"; then
+  sip_source="prebuilt $SIP_PREBUILT (installed earlier, sha256 checked)"
+elif (build_tool livekit-sip github.com/livekit/sip/cmd/livekit-sip "$LIVEKIT_SIP_VERSION" 1) 2>"$TOOLS/livekit-sip.err"; then
+  sip_source="go install github.com/livekit/sip/cmd/livekit-sip@$LIVEKIT_SIP_VERSION"
+else
+  refusal=$(grep -m1 -E 'Forbidden|not available|error' "$TOOLS/livekit-sip.err" || tail -1 "$TOOLS/livekit-sip.err")
+  if install_prebuilt_sip; then
+    sip_source="prebuilt $SIP_PREBUILT (sha256 and --version checked; go install refused: $refusal)"
   else
-    log "warning: livekit-sip $LIVEKIT_SIP_VERSION is not available: $(grep -m1 -E 'Forbidden|not available|error' "$TOOLS/livekit-sip.err" || tail -1 "$TOOLS/livekit-sip.err")"
-    log "warning: the SIP leg (livekit-sip) is disabled on this machine; see README 'livekit-sip availability'"
+    rm -f "$TOOLS/bin/livekit-sip"
+    [[ ${CI:-} == true ]] && die "livekit-sip $LIVEKIT_SIP_VERSION: go install refused ($refusal) and no valid prebuilt binary; CI needs the SIP leg"
+    log "warning: livekit-sip $LIVEKIT_SIP_VERSION unavailable (go install refused: $refusal; no valid prebuilt binary): the SIP leg is disabled"
   fi
 fi
+[[ -n $sip_source ]] && log "livekit-sip from: $sip_source"
 
 # --- Python virtualenv --------------------------------------------------------------------------
 python=${PYTHON:-python3}
 "$python" -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$PY_MIN'.split('.'))))" \
   || die "Python >= $PY_MIN is required"
 [[ -x "$VENV/bin/python" ]] || { log "creating $VENV"; "$python" -m venv "$VENV"; }
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# llama-cpp-python ships only as an sdist and builds with -march=native by default: a wheel built
+# on an AMX/AVX-512 machine crashes (SIGILL) or misbehaves on one without, and llama.cpp's AMX
+# repack buffers crashed the server on AMX machines (SIGSEGV). It is built once, portable
+# (GGML_NATIVE=OFF: the AVX2/FMA/F16C x86-64 baseline, no AVX-512, no AMX), into a wheel cache
+# keyed by version and flags, and installed from there, so pip's own cache can never hand back a
+# native build. CTranslate2 and onnxruntime wheels pick their kernels at run time by CPUID.
+LLAMA_CPP_VERSION=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+wheel_key=$(printf '%s %s' "$LLAMA_CPP_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-16)
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/voicestack/wheels/llama-cpp-python-$wheel_key"
+want=$( { sha256sum pyproject.toml; echo "$wheel_key"; } | sha256sum | cut -d' ' -f1)
 have=$(cat "$VENV/.voicestack-installed" 2>/dev/null || true)
 if [[ $want != "$have" ]]; then
+  "$VENV/bin/pip" install -q --upgrade pip >"$VENV/pip-install.log" 2>&1 \
+    || { tail -40 "$VENV/pip-install.log" >&2; die "pip upgrade failed"; }
+  if ! compgen -G "$WHEELS/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl" >/dev/null; then
+    log "building llama-cpp-python $LLAMA_CPP_VERSION portable ($LLAMA_CMAKE_ARGS); minutes, once per machine"
+    mkdir -p "$WHEELS"
+    if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" FORCE_CMAKE=1 "$VENV/bin/pip" wheel -q --no-deps \
+        --no-cache-dir --no-binary llama-cpp-python -w "$WHEELS" \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" >>"$VENV/pip-install.log" 2>&1; then
+      tail -40 "$VENV/pip-install.log" >&2
+      die "building llama-cpp-python failed (full log: $VENV/pip-install.log)"
+    fi
+  fi
   log "installing voicestack and its pinned dependencies into $VENV"
-  # -DGGML_NATIVE stays on for dev machines (fast CPU kernels); images build with it off.
   # pip's output goes to a log (setuptools' editable-install banner is noise); shown on failure.
-  if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[dev]"; } \
-      >"$VENV/pip-install.log" 2>&1; then
+  if ! { "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl \
+      && "$VENV/bin/pip" install -q --find-links "$WHEELS" -e ".[dev]"; } \
+      >>"$VENV/pip-install.log" 2>&1; then
     tail -40 "$VENV/pip-install.log" >&2
     die "pip install failed (full log: $VENV/pip-install.log)"
   fi

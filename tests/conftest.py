@@ -3,9 +3,10 @@
 ``livekit_stack`` (session scope) starts redis + livekit-server (+ livekit-sip when its binary
 exists) from the real binaries on free 127.0.0.1 ports, renders the shipped configs for the
 loopback profile, and yields a :class:`worker.stack.loopback.LoopbackStack` (URLs, API key
-pair, SIP address). Tests that need livekit-sip are marked ``@pytest.mark.sip``; they are the
-only tests skipped for a missing binary, with the reason below. Anything else that misses a
-binary or model fails.
+pair, SIP address). Tests that need livekit-sip are marked ``@pytest.mark.sip``; outside CI
+they are the only tests skipped for a missing binary, with the reason below. With ``CI=true``
+nothing may be skipped: a missing livekit-sip fails those tests, and any skip at all fails the
+run (a skip there hides a broken setup). Anything else that misses a binary or model fails.
 """
 
 from __future__ import annotations
@@ -32,13 +33,34 @@ def sip_available() -> bool:
     return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK)
 
 
+def in_ci() -> bool:
+    """CI runs ``.ci/run`` with ``CI=true``: there, every test must run."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if sip_available():
-        return
+    if sip_available() or in_ci():
+        return  # in CI a missing livekit-sip fails the sip tests (setup.sh already refused it)
     skip = pytest.mark.skip(reason=SIP_UNAVAILABLE)
     for item in items:
         if "sip" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``CI=true`` a skipped test fails the run: a skip hides a broken setup."""
+    if not in_ci():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        names = ", ".join(sorted({getattr(r, "nodeid", "?") for r in skipped})[:10])
+        if reporter is not None:
+            reporter.write_line(
+                f"CI=true: {len(skipped)} test(s) skipped, which CI forbids: {names}"
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

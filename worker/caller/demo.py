@@ -1,11 +1,11 @@
 """``voicestack demo``: the whole stack on loopback with the bundled models, one scripted call.
 
-Brings up redis, livekit-server, livekit-sip (when installed), the inference server and an
-agent worker under the control plane's supervisor; provisions the shipped trunk and dispatch
-rule; places a call from baresip through livekit-sip (or, when livekit-sip is not installed,
-from a WebRTC participant, with a banner saying so); then prints the conversation transcribed
-from the caller's recording by our STT and the per-turn voice-to-voice latency. Exit status 1
-when the agent did not greet or left an utterance unanswered.
+Brings up redis, livekit-server, livekit-sip, the inference server and an agent worker under
+the control plane's supervisor; provisions the shipped trunk and dispatch rule; places a call
+from baresip through livekit-sip (``--transport webrtc``, asked for explicitly, uses a WebRTC
+participant instead, with a banner saying so); then prints the conversation transcribed from
+the caller's recording by our STT and the per-turn voice-to-voice latency. Exit status 1 when
+the agent did not greet or left an utterance unanswered, 2 when livekit-sip is missing.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ __all__ = ["CallOutcome", "place_scripted_call", "register", "run_demo"]
 
 logger = logging.getLogger("voicestack.demo")
 
-SIP_MISSING_BANNER = """\
+WEBRTC_BANNER = """\
 ################################################################################
-#  livekit-sip is NOT installed ({path} is missing):
-#  the Go module proxy here refuses github.com/livekit/sip, so this demo places
-#  the call over WebRTC (a LiveKit participant) instead of SIP. Everything after
-#  the media leg (LiveKit, agent, inference) is the same.
+#  --transport webrtc: the caller joins over WebRTC (a LiveKit participant), not
+#  over SIP. Everything after the media leg (LiveKit, agent, inference) is the
+#  same; the product's front door (livekit-sip) is not exercised.
 ################################################################################"""
 
 
@@ -137,12 +136,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     sip_bin = tool_path("livekit-sip")
     transport = args.transport
-    if transport == "auto":
-        transport = "sip" if sip_bin.exists() else "webrtc"
-        if transport == "webrtc":
-            _say(SIP_MISSING_BANNER.format(path=sip_bin))
-    elif transport == "sip" and not sip_bin.exists():
-        _say(f"demo: --transport sip needs {sip_bin}, which is missing")
+    if transport == "webrtc":
+        _say(WEBRTC_BANNER)
+    elif not sip_bin.exists():
+        _say(f"demo: the SIP call needs {sip_bin}, which is missing: run scripts/setup.sh")
         return 2
     components = ("redis", "livekit", "sip") if transport == "sip" else ("redis", "livekit")
     questions = DEFAULT_QUESTIONS[: args.questions]
@@ -199,9 +196,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     demo.add_argument(
         "--transport",
-        choices=("auto", "sip", "webrtc"),
-        default="auto",
-        help="auto: SIP (baresip -> livekit-sip) when livekit-sip is installed, else WebRTC",
+        choices=("sip", "webrtc"),
+        default="sip",
+        help="sip: baresip -> livekit-sip (default); webrtc: a LiveKit participant instead",
     )
     demo.add_argument(
         "--questions", type=int, default=3, choices=(1, 2, 3), help="caller utterances"
@@ -211,4 +208,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 if __name__ == "__main__":
-    sys.exit(run_demo(argparse.Namespace(transport="auto", questions=3, run_dir=None)))
+    sys.exit(run_demo(argparse.Namespace(transport="sip", questions=3, run_dir=None)))

@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 SIP_UNAVAILABLE = (
-    "livekit-sip v1.11.0 is not installable here: the Go module proxy refuses "
-    "github.com/livekit/sip"
+    "livekit-sip v1.11.0 is not installed: scripts/setup.sh installs it (go install, or the "
+    "checked prebuilt ../shared/tools/livekit-sip where the Go module proxy refuses it)"
 )
 
 
