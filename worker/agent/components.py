@@ -46,15 +46,23 @@ def inference_url(stack: RenderedStack) -> str:
     return f"http://{host}:{stack.env[INFERENCE_PORT_ENV]}"
 
 
-def inference_spec(stack: RenderedStack, *, config: Path | None = None) -> ProcessSpec:
-    """``voicestack inference-server``; ready when ``/readyz`` answers 200 (models loaded)."""
+def inference_spec(
+    stack: RenderedStack, *, config: Path | None = None, fault_injection: bool = False
+) -> ProcessSpec:
+    """``voicestack inference-server``; ready when ``/readyz`` answers 200 (models loaded).
+
+    Once healthy, three failed ``/readyz`` probes in a row (hung, a dead engine thread, an
+    engine failing every step) make the supervisor kill and restart it. ``fault_injection``
+    (the reliability suite only) serves ``/v1/faults``.
+    """
     url = inference_url(stack)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     cfg = config or project_root() / "config" / "inference.yaml"
+    faults = ("--fault-injection",) if fault_injection else ()
     return ProcessSpec(
         name="inference",
         argv=voicestack_argv(
-            "inference-server", "--config", str(cfg), "--host", host, "--port", port
+            "inference-server", "--config", str(cfg), "--host", host, "--port", port, *faults
         ),
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         health=HealthCheck("http", host, int(port), "/readyz"),
@@ -62,6 +70,7 @@ def inference_spec(stack: RenderedStack, *, config: Path | None = None) -> Proce
         start_timeout_s=180,
         stop_timeout_s=15,
         ports=(PortSpec(host, int(port)),),
+        liveness_failures=3,
     )
 
 
@@ -123,9 +132,14 @@ def agent_spec(
     )
 
 
-def voice_specs(stack: RenderedStack, files: RunFiles) -> list[ProcessSpec]:
+def voice_specs(
+    stack: RenderedStack, files: RunFiles, *, fault_injection: bool = False
+) -> list[ProcessSpec]:
     """``extra_specs`` for :func:`worker.stack.loopback.loopback_stack`: inference, then agent."""
-    return [inference_spec(stack), agent_spec(stack, drain_timeout_s=30.0)]
+    return [
+        inference_spec(stack, fault_injection=fault_injection),
+        agent_spec(stack, drain_timeout_s=30.0),
+    ]
 
 
 def _inference_builder(ctx: PlanContext) -> ProcessSpec:

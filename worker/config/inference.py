@@ -134,6 +134,12 @@ class LimitsConfig(_Strict):
     max_streams_llm: int = Field(16, ge=1)
     max_streams_tts: int = Field(16, ge=1)
     max_queue: int = Field(64, ge=1, description="waiting work items per engine")
+    stuck_step_s: float = Field(
+        10.0, gt=0, description="a step running longer makes /readyz 503 (a hung engine)"
+    )
+    failed_steps_unready: int = Field(
+        3, ge=1, description="this many failed steps in a row make /readyz 503"
+    )
 
 
 class InferenceConfig(_Strict):

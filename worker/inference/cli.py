@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--config", default="config/inference.yaml", help="YAML configuration")
     parser.add_argument("--host", help="bind address (overrides the configuration)")
     parser.add_argument("--port", type=int, help="port, 0 for a free one (overrides config)")
+    parser.add_argument(
+        "--fault-injection",
+        action="store_true",
+        help="serve POST/DELETE /v1/faults (the reliability test suite only; never in production)",
+    )
     parser.set_defaults(func=_command)
 
 
@@ -48,7 +53,8 @@ def _command(args: argparse.Namespace) -> int:
             return 2
         updates["port"] = args.port
     config = config.model_copy(update=updates)
-    return asyncio.run(serve(InferenceServer(config, models)))
+    server = InferenceServer(config, models, fault_injection=args.fault_injection)
+    return asyncio.run(serve(server))
 
 
 async def serve(server: InferenceServer) -> int:

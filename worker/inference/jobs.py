@@ -22,6 +22,7 @@ from worker.config.inference import InferenceConfig, ResolvedModels
 from worker.inference.engines.llm import ChatMessage, LlmEngine, SamplingParams
 from worker.inference.engines.stt import SttEngine, pcm16_to_float32
 from worker.inference.engines.tts import TtsEngine
+from worker.inference.faults import FaultInjector
 from worker.inference.runtime import EngineRunner, RunnerObserver, WorkContext
 from worker.inference.scheduled import ScheduledRunner, StepEngine
 from worker.inference.scheduler import (
@@ -133,8 +134,11 @@ class EngineSet:
         observer: RunnerObserver | None = None,
         on_llm_tokens: Callable[[int], None] | None = None,
         on_stats: Callable[[EngineStats], None] | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.config = config
+        self.faults = faults
+        """Armed by ``POST /v1/faults`` when the server runs with ``--fault-injection``."""
         self.mode = config.scheduler.mode
         sched_cfg = config.scheduler
         self.clock = CallClock(sched_cfg.deadlines, sched_cfg.admission.max_calls)
@@ -253,6 +257,9 @@ class EngineSet:
                 max_inbox=q,
                 on_stats=self._post_stats,
                 on_work_done=self._work_done,
+                faults=self.faults,
+                stuck_step_s=config.limits.stuck_step_s,
+                failed_steps_unready=config.limits.failed_steps_unready,
             )
 
         self.stt = runner("stt", Engine.STT, load_stt)
@@ -326,13 +333,9 @@ class EngineSet:
         return all(r.ready for r in self.runners)
 
     def not_ready_reason(self) -> str | None:
-        """None when ready; else which engines are loading or failed and why."""
-        reasons = []
-        for r in self.runners:
-            if r.load_error is not None:
-                reasons.append(f"{r.name}: failed to load: {r.load_error}")
-            elif not r.ready:
-                reasons.append(f"{r.name}: loading")
+        """None when ready; else which engines cannot serve and why (loading, failed to load,
+        owner thread dead, stuck in a step, failing every step)."""
+        reasons = [f"{r.name}: {p}" for r in self.runners if (p := r.problem()) is not None]
         return "; ".join(reasons) or None
 
     async def wait_loaded(self) -> None:

@@ -40,6 +40,7 @@ class OwnerThread(Generic[E]):
         self._stopping = False
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
+        self._died: BaseException | None = None
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._main, name=f"engine-{name}", daemon=True)
 
@@ -49,13 +50,34 @@ class OwnerThread(Generic[E]):
 
     @property
     def ready(self) -> bool:
-        """True once the engine loaded successfully."""
-        return self._ready.is_set() and self._load_error is None
+        """True once the engine loaded successfully, while its owner thread lives."""
+        return (
+            self._ready.is_set()
+            and self._load_error is None
+            and self._died is None
+            and self._thread.is_alive()
+        )
 
     @property
     def load_error(self) -> BaseException | None:
         """Why the load failed, or None."""
         return self._load_error
+
+    def problem(self) -> str | None:
+        """Why this engine cannot serve the next call now (None when it can): loading, failed
+        to load, owner thread dead, or what :meth:`_serving_problem` reports. ``/readyz``
+        answers 503 with it, and the supervisor restarts a server that stays that way."""
+        if self._load_error is not None:
+            return f"failed to load: {self._load_error}"
+        if not self._ready.is_set():
+            return "loading"
+        if self._died is not None or not self._thread.is_alive():
+            return f"owner thread died: {self._died or 'exited'}"
+        return self._serving_problem()
+
+    def _serving_problem(self) -> str | None:
+        """Subclass hook: a loaded, live engine that still cannot serve (stuck, failing)."""
+        return None
 
     async def wait_loaded(self) -> None:
         """Wait until the engine is loaded; raise :class:`EngineLoadError` if the load failed."""
@@ -81,7 +103,11 @@ class OwnerThread(Generic[E]):
             return
         self._ready.set()
         log.info("%s engine loaded%s", self.name, self._loaded_note())
-        self._serve(engine)
+        try:
+            self._serve(engine)
+        except BaseException as err:  # reported through problem(): /readyz turns red
+            log.critical("%s engine owner thread died", self.name, exc_info=True)
+            self._died = err
 
     def _serve(self, engine: E) -> None:
         """Serve work with the loaded engine until stopped (runs on the owner thread)."""

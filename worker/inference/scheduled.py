@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from worker.inference.faults import FaultInjector
 from worker.inference.owner_thread import OwnerThread
 from worker.inference.runtime import (
     EngineNotReady,
@@ -98,8 +99,17 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
         max_inbox: int,
         on_stats: Callable[[EngineStats], None] | None = None,
         on_work_done: Callable[[str, WorkState, float, float], None] | None = None,
+        faults: FaultInjector | None = None,
+        stuck_step_s: float = 10.0,
+        failed_steps_unready: int = 3,
     ) -> None:
         super().__init__(name, load)
+        self._faults = faults
+        self._stuck_step_s = stuck_step_s
+        self._failed_steps_unready = failed_steps_unready
+        # Written by the owner thread, read by readiness on the loop (plain attribute stores).
+        self._step_started: float | None = None
+        self._failed_steps = 0  # consecutive steps that raised
         self._sched = scheduler
         self._clock = clock  # event-loop state: only touched in submit()
         self._max_inbox = max_inbox
@@ -119,6 +129,14 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
             self._stopping = True
             self._cond.notify_all()
         self._join(timeout)
+
+    def _serving_problem(self) -> str | None:
+        started = self._step_started
+        if started is not None and time.monotonic() - started > self._stuck_step_s:
+            return f"stuck in one step for {time.monotonic() - started:.0f} s"
+        if self._failed_steps >= self._failed_steps_unready:
+            return f"the last {self._failed_steps} steps failed"
+        return None
 
     # -- state for capacity and tests -----------------------------------------------------------
     @property
@@ -158,6 +176,8 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
         """
         if not self.ready:
             raise EngineNotReady(f"{self.name} engine is not ready")
+        if self._faults is not None and self._faults.refuse_submit(self.name):
+            raise Overloaded(f"{self.name} engine queue is full (injected fault)")
         if call_id is None or not isinstance(stage, Stage):
             raise ValueError("scheduled work needs a call_id and a Stage")
         now = time.monotonic()
@@ -264,11 +284,18 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
                     item.work.state = WorkState.RUNNING
                     item.work.started_at = now
             t0 = time.monotonic()
+            self._step_started = t0
             try:
+                if self._faults is not None:
+                    self._faults.before_step(self.name)
                 outputs = engine.step(items)
+                self._failed_steps = 0
             except Exception as err:
                 log.exception("%s engine step failed (%d requests)", self.name, len(items))
+                self._failed_steps += 1
                 outputs = [StepOutput(it.rid, error=f"{type(err).__name__}: {err}") for it in items]
+            finally:
+                self._step_started = None
             end = time.monotonic()
             result = sched.update_from_output(batch, outputs, end - t0, end)
             errors = {o.request_id: o.error for o in outputs if o.error is not None}

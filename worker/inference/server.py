@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from worker.config.inference import InferenceConfig, ResolvedModels
+from worker.inference.faults import FaultInjector
 from worker.inference.jobs import EngineSet
 from worker.inference.llm_stream import run_llm_stream
 from worker.inference.metrics import InferenceMetrics
@@ -46,7 +47,12 @@ class InferenceServer:
     """State shared by all streams of one server: engines, metrics, admission counters."""
 
     def __init__(
-        self, config: InferenceConfig, models: ResolvedModels, engines: EngineSet | None = None
+        self,
+        config: InferenceConfig,
+        models: ResolvedModels,
+        engines: EngineSet | None = None,
+        *,
+        fault_injection: bool = False,
     ) -> None:
         self.config = config
         self.metrics = InferenceMetrics()
@@ -56,6 +62,7 @@ class InferenceServer:
             observer=self.metrics,
             on_llm_tokens=self.metrics.llm_tokens.inc,
             on_stats=self.metrics.engine_stats,
+            faults=FaultInjector() if fault_injection else None,
         )
         self.active: dict[str, int] = dict.fromkeys(OPS, 0)
         self._sockets: set[web.WebSocketResponse] = set()
@@ -126,6 +133,26 @@ class InferenceServer:
 
     async def capacity_handler(self, request: web.Request) -> web.Response:
         return web.json_response(self.capacity())
+
+    async def faults_handler(self, request: web.Request) -> web.Response:
+        """``POST /v1/faults`` ``{"engine", "fault", "count"}`` arms a fault, ``DELETE`` disarms
+        all (see :mod:`worker.inference.faults`); 404 unless started with ``--fault-injection``."""
+        faults = self.engines.faults
+        if faults is None:
+            raise web.HTTPNotFound(text="fault injection is off (--fault-injection)")
+        if request.method == "DELETE":
+            faults.disarm()
+            return web.json_response({"armed": {}})
+        try:
+            body = await request.json()
+            engine = str(body["engine"])
+            if engine not in OPS:
+                raise ValueError(f"unknown engine {engine!r}")
+            faults.arm(engine, str(body["fault"]), int(body.get("count", -1)))
+        except (ValueError, KeyError, TypeError) as err:
+            raise web.HTTPBadRequest(text=f"bad fault request: {err}") from None
+        log.warning("fault injection armed: %s", faults.armed())
+        return web.json_response({"armed": faults.armed()})
 
     async def stream_handler(self, request: web.Request) -> web.WebSocketResponse:
         limits = self.config.limits
@@ -252,6 +279,8 @@ def build_app(server: InferenceServer) -> web.Application:
     app.router.add_get("/metrics", server.metrics_handler)
     app.router.add_get("/v1/capacity", server.capacity_handler)
     app.router.add_get("/v1/stream", server.stream_handler)
+    app.router.add_route("POST", "/v1/faults", server.faults_handler)
+    app.router.add_route("DELETE", "/v1/faults", server.faults_handler)
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     return app

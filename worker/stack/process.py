@@ -88,6 +88,12 @@ class ProcessSpec:
     ports: tuple[PortSpec, ...] = ()
     cwd: Path | None = None
     restart: bool = True
+    liveness_failures: int = 0
+    """Once healthy, ``health`` is probed every ``liveness_interval_s``; this many failures in a
+    row (a hung process, a dead engine thread, a lost helper process) kill the child's group so
+    that it is restarted like a crash. 0: no liveness probing (the child must exit to be
+    restarted)."""
+    liveness_interval_s: float = 1.0
 
     def executable(self) -> str | None:
         """Absolute path of ``argv[0]`` if it exists and is executable, else None."""

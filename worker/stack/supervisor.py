@@ -84,6 +84,7 @@ class _Child:
         self.last_exit: int | None = None
         self.started_at = 0.0
         self.monitor: asyncio.Task[None] | None = None
+        self.liveness: asyncio.Task[None] | None = None
 
     def status(self) -> ChildStatus:
         alive = self.proc is not None and self.proc.returncode is None
@@ -180,6 +181,10 @@ class Supervisor:
             child.monitor = asyncio.create_task(
                 self._monitor(child), name=f"watch-{child.spec.name}"
             )
+            if child.spec.health is not None and child.spec.liveness_failures > 0:
+                child.liveness = asyncio.create_task(
+                    self._probe_liveness(child), name=f"liveness-{child.spec.name}"
+                )
 
     async def wait_for(
         self, predicate: Callable[[list[ChildStatus]], bool], limit_s: float
@@ -195,7 +200,9 @@ class Supervisor:
     async def aclose(self) -> None:
         """Stop every child in reverse start order; idempotent; never leaves a process group."""
         self._closing = True
-        monitors = [c.monitor for c in self._children if c.monitor is not None]
+        monitors = [
+            task for c in self._children for task in (c.monitor, c.liveness) if task is not None
+        ]
         for task in monitors:
             task.cancel()
         if monitors:
@@ -306,6 +313,35 @@ class Supervisor:
             if not await self._wait_healthy(child):
                 self._event(child, "not healthy after restart; killing it", logging.ERROR)
                 child.signal_group(signal.SIGKILL)
+
+    async def _probe_liveness(self, child: _Child) -> None:
+        """Kill a healthy child whose health check fails ``liveness_failures`` times in a row
+        (Kubernetes' liveness probe): a hung process or a dead engine thread gets the same
+        restart as a crash, which :meth:`_monitor` then performs."""
+        spec = child.spec
+        assert spec.health is not None
+        failures = 0
+        while True:
+            await asyncio.sleep(spec.liveness_interval_s)
+            proc = child.proc
+            if child.state != ChildState.HEALTHY or proc is None or proc.returncode is not None:
+                failures = 0
+                continue
+            if await probe(spec.health, limit_s=spec.liveness_interval_s):
+                failures = 0
+                continue
+            failures += 1
+            if failures < spec.liveness_failures:
+                continue
+            failures = 0
+            self._event(
+                child,
+                f"failed {spec.liveness_failures} health checks in a row "
+                f"({spec.health.describe()}); killing it for a restart",
+                logging.ERROR,
+            )
+            child.state = ChildState.BACKOFF
+            child.signal_group(signal.SIGKILL)
 
     async def _stop(self, child: _Child) -> None:
         proc = child.proc
