@@ -213,12 +213,63 @@ async def test_oversized_audio_frame(inference_server: RunningServer) -> None:
     await _assert_still_serving(inference_server)
 
 
-async def test_utterance_longer_than_the_limit(inference_server: RunningServer) -> None:
-    start = json.dumps({"op": "stt", "call_id": "t", "interim": False})
-    second = bytes(32_000)
-    frames = [second] * (int(inference_server.server.config.limits.max_utterance_s) + 1)
-    err = await _error(inference_server, start, *frames)
-    assert err["code"] == "payload_too_large" and "utterance" in err["message"]
+async def test_long_silence_without_a_flush_keeps_the_newest_audio(
+    inference_server: RunningServer,
+) -> None:
+    """A caller on hold: the client streams silence far past ``max_utterance_s`` without a
+    flush; the stream stays open, the oldest audio is dropped (and counted), and the flush
+    transcribes only the newest ``max_utterance_s``."""
+    limit_s = inference_server.server.config.limits.max_utterance_s
+    metric = "voicestack_inference_stt_audio_dropped_seconds_total"
+    dropped_before = await _metric(inference_server, metric)
+    extra_s = 3
+    async with aiohttp.ClientSession() as s:
+        ws = await _start(s, inference_server, {"op": "stt", "call_id": "t", "interim": False})
+        for _ in range(int(limit_s) + extra_s):
+            await ws.send_bytes(bytes(16_000))  # half a second per frame, two per second
+            await ws.send_bytes(bytes(16_000))
+        await ws.send_json({"type": "flush"})
+        await ws.send_json({"type": "end_input"})
+        frames = await _frames(ws)
+    assert [f["type"] for f in frames] == ["final", "done"], frames
+    assert frames[0]["segment"] == 0
+    assert frames[0]["audio_ms"] == int(limit_s * 1000)
+    dropped = await _metric(inference_server, metric) - dropped_before
+    assert dropped == pytest.approx(int(limit_s) + extra_s - limit_s)
+
+
+async def test_flush_after_a_long_segment_transcribes_only_the_newest_audio(
+    inference_server: RunningServer,
+) -> None:
+    """Speech, a hold longer than ``max_utterance_s``, then speech again, all in one segment:
+    the final has the second sentence and nothing of the first; the next segment starts with a
+    full window again."""
+    limit_s = inference_server.server.config.limits.max_utterance_s
+    first, second = "My account number is seven.", "I would like to cancel my order please."
+    _e, audio_first = await _tts(inference_server, [first])
+    _e, audio_second = await _tts(inference_server, [second])
+    pcm_first, pcm_second = _speech_16k(audio_first), _speech_16k(audio_second)
+    assert len(pcm_second) < limit_s * 32_000 - 32_000  # room for some silence before it
+    silence = bytes(int(limit_s * 32_000))  # alone pushes the first sentence out of the window
+    segment = pcm_first + silence + pcm_second
+    chunk = 16_000
+    async with aiohttp.ClientSession() as s:
+        ws = await _start(s, inference_server, {"op": "stt", "call_id": "t", "interim": False})
+        for i in range(0, len(segment), chunk):
+            await ws.send_bytes(segment[i : i + chunk])
+        await ws.send_json({"type": "flush"})
+        for i in range(0, len(pcm_second), chunk):  # the next segment: under the limit, whole
+            await ws.send_bytes(pcm_second[i : i + chunk])
+        await ws.send_json({"type": "end_input"})
+        frames = await _frames(ws)
+    assert [f["type"] for f in frames] == ["final", "final", "done"], frames
+    final, nxt = frames[0], frames[1]
+    assert abs(final["audio_ms"] - limit_s * 1000) <= 1
+    assert word_error_rate(second, final["text"]) <= 0.2, final["text"]
+    assert "account" not in final["text"].lower(), final["text"]
+    assert nxt["segment"] == 1 and abs(nxt["audio_ms"] - len(pcm_second) * 1000 // 32_000) <= 1
+    assert word_error_rate(second, nxt["text"]) <= 0.2, nxt["text"]
+    await _assert_still_serving(inference_server)
 
 
 async def test_max_tokens_over_the_server_cap(inference_server: RunningServer) -> None:

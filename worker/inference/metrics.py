@@ -68,6 +68,12 @@ class InferenceMetrics:
             "completion tokens produced by the LLM engine",
             registry=r,
         )
+        self.stt_audio_dropped = Counter(
+            "voicestack_inference_stt_audio_dropped_seconds",
+            "oldest unflushed STT audio dropped to keep an utterance within max_utterance_s "
+            "(a caller silent or on hold without a flush)",
+            registry=r,
+        )
         # -- scheduler (mode: deadline); fed from EngineStats snapshots -----------------------
         self.batch_size = Histogram(
             "voicestack_inference_batch_size",

@@ -5,6 +5,11 @@ Interims are slack work and coalesced: at most one in flight per stream, at most
 ``interim_interval_ms``, always on the newest audio; a result for an utterance that has been
 flushed since is dropped (by segment identity, not by timing). Finals are critical work and are
 sent in order by one task, while the reader keeps receiving the next utterance's audio.
+
+Clients stream all call audio, silence included, and flush only at the end of speech, so a
+caller on hold can send minutes of audio without a flush. The buffer is a window: it keeps the
+newest ``limits.max_utterance_s`` of unflushed audio and drops the oldest (counted in
+``voicestack_inference_stt_audio_dropped_seconds_total``, logged once per segment).
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ class _SttStream:
         self.start = start
         self.buffer = bytearray()
         self.segment = 0  # index of the utterance being received
-        self.max_bytes = int(ctx.config.limits.max_utterance_s * _BYTES_PER_S)
+        # Whole 16-bit samples, so dropping the oldest bytes keeps the buffer sample-aligned.
+        self.max_bytes = int(ctx.config.limits.max_utterance_s * _BYTES_PER_S) & ~1
+        self.dropped_logged = False  # the current segment has logged its first drop
         self.interval_s = ctx.config.stt.interim_interval_ms / 1000
         self.last_interim_at = 0.0
         self.interim_bytes = 0  # buffer length the last interim covered
@@ -117,6 +124,7 @@ class _SttStream:
         self.segment += 1
         self.buffer.clear()
         self.interim_bytes = 0
+        self.dropped_logged = False
 
     async def final_loop(self) -> None:
         while (item := await self.finals.get()) is not None:
@@ -152,6 +160,32 @@ class _SttStream:
             self.ctx.observe_stage("stt_final", item.flushed_at)
 
     # -- input ------------------------------------------------------------------------------
+    def append(self, frame: bytes) -> None:
+        """Add audio, keeping only the newest ``max_bytes`` of the unflushed utterance."""
+        excess = len(self.buffer) + len(frame) - self.max_bytes
+        if excess <= 0:
+            self.buffer += frame
+            return
+        if excess >= len(self.buffer):  # the frame alone fills the window
+            self.buffer[:] = frame[len(frame) - self.max_bytes :]
+        else:
+            del self.buffer[:excess]
+            self.buffer += frame
+        # The window moved while its length stayed put: a newer interim is worth computing.
+        self.interim_bytes = 0
+        self.ctx.metrics.stt_audio_dropped.inc(excess / _BYTES_PER_S)
+        if not self.dropped_logged:
+            self.dropped_logged = True
+            log.info(
+                "stt stream %s (call %s), segment %d: more than %g s without a flush; "
+                "keeping the newest %g s and dropping older audio",
+                self.ctx.stream_id,
+                self.start.call_id,
+                self.segment,
+                self.ctx.config.limits.max_utterance_s,
+                self.max_bytes / _BYTES_PER_S,
+            )
+
     async def read_loop(self) -> None:
         """Runs until the stream ends; only ever returns by raising (after end_input it still
         watches for cancel or a vanished client)."""
@@ -165,13 +199,7 @@ class _SttStream:
                     raise StreamError(ErrorCode.BAD_REQUEST, "audio after end_input")
                 if len(frame) % 2:
                     raise StreamError(ErrorCode.BAD_REQUEST, "audio frames are 16-bit PCM")
-                if len(self.buffer) + len(frame) > self.max_bytes:
-                    raise StreamError(
-                        ErrorCode.PAYLOAD_TOO_LARGE,
-                        f"utterance longer than {self.ctx.config.limits.max_utterance_s:g} s "
-                        "without a flush",
-                    )
-                self.buffer += frame
+                self.append(frame)
                 self.maybe_interim()
                 continue
             kind = parse_control(frame, _CONTROL)["type"]
