@@ -6,6 +6,12 @@ schemas go into the system message and the model answers a call as
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. :class:`ToolCallParser` cuts those
 blocks out of the token stream and emits each call whole in one chunk, as livekit-agents
 requires; the text around them streams through unchanged.
+
+The server refuses a prompt that does not fit the model's context (``payload_too_large``), and a
+long call's chat history grows every turn, so each request sends a trimmed history
+(:func:`trim_messages`): the system instructions and the newest turns that fit a character
+budget (about 4 characters per token, with room left for the reply). Should the server still
+refuse, the request is retried once with half of that history.
 """
 
 from __future__ import annotations
@@ -29,14 +35,29 @@ from livekit.agents.llm.tool_context import (
 from livekit.agents.llm.utils import build_legacy_openai_schema
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
-from ._client import InferencePlugin
+from ._client import InferencePlugin, ServerError
 
-__all__ = ["InferenceLLM", "InferenceLLMStream", "ToolCallParser", "chat_ctx_to_messages"]
+__all__ = [
+    "DEFAULT_CONTEXT_TOKENS",
+    "InferenceLLM",
+    "InferenceLLMStream",
+    "ToolCallParser",
+    "chat_ctx_to_messages",
+    "history_budget_chars",
+    "trim_messages",
+]
 
 logger = logging.getLogger(__name__)
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
+
+DEFAULT_CONTEXT_TOKENS = 2048
+"""Context window the history is sized for by default: the bundled SmolLM2's ``n_ctx``
+(``context_length`` in models/manifest.toml, the inference server's default ``llm.n_ctx``)."""
+_CHARS_PER_TOKEN = 4  # English prose; names, digits and JSON take more tokens per character
+_PROMPT_SHARE = 0.75  # of what the estimate says fits: the slack for that estimation error
+_MESSAGE_OVERHEAD_CHARS = 16  # the chat template's role markers around each message (~4 tokens)
 
 
 def _tool_schemas(tools: Sequence[Tool | Toolset]) -> list[dict[str, Any]]:
@@ -98,6 +119,56 @@ def chat_ctx_to_messages(
     systems = [m["content"] for m in messages if m["role"] == "system"]
     rest = [m for m in messages if m["role"] != "system"]
     return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + rest
+
+
+def history_budget_chars(context_tokens: int, max_tokens: int) -> int:
+    """Characters of prompt (contents plus per-message overhead) that fit ``context_tokens``
+    together with a reply of ``max_tokens``, estimated at ~4 characters per token with a
+    margin. 2048 tokens and a 96-token reply give 5856 characters."""
+    return max(0, int((context_tokens - max_tokens) * _CHARS_PER_TOKEN * _PROMPT_SHARE))
+
+
+def _cost(message: dict[str, str]) -> int:
+    return len(message["content"]) + _MESSAGE_OVERHEAD_CHARS
+
+
+def trim_messages(messages: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
+    """The newest part of ``messages`` whose size fits ``max_chars``.
+
+    System messages are always kept; the other messages (user, assistant, tool calls and their
+    outputs) are dropped oldest first. The newest message is always kept, even if it alone
+    does not fit (without it there is nothing to answer). A window that would start with an
+    assistant message starts at the next user message instead, so the history still opens
+    with the caller's turn.
+    """
+    systems = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    room = max_chars - sum(_cost(m) for m in systems)
+    keep = 0
+    for message in reversed(rest):
+        room -= _cost(message)
+        if room < 0 and keep > 0:
+            break
+        keep += 1
+    if keep == len(rest):
+        return list(messages)
+    window = rest[len(rest) - keep :]
+    while len(window) > 1 and window[0]["role"] != "user":
+        window = window[1:]
+    return systems + window
+
+
+def _halve_history(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """``messages`` with the older half of the non-system messages dropped; ``None`` when
+    there is nothing left to drop."""
+    systems = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    if len(rest) <= 1:
+        return None
+    window = rest[len(rest) - len(rest) // 2 :]
+    while len(window) > 1 and window[0]["role"] != "user":
+        window = window[1:]
+    return systems + window
 
 
 def _json_or_str(text: str) -> Any:
@@ -204,12 +275,26 @@ class InferenceLLM(InferencePlugin, llm.LLM):
         top_p: float = 0.95,
         call_id: str = "",
         connect_timeout: float = 5.0,
+        context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        max_history_chars: int | None = None,
     ) -> None:
+        """``context_tokens`` is the server model's context window; the chat history sent is
+        trimmed to ``max_history_chars`` (default: :func:`history_budget_chars` of
+        ``context_tokens`` and the request's ``max_tokens``)."""
         super().__init__()
         self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._max_tokens = max_tokens
         self._temperature = temperature
         self._top_p = top_p
+        self._context_tokens = context_tokens
+        self._max_history_chars = max_history_chars
+        self._trim_logged = False
+
+    def history_budget(self, max_tokens: int) -> int:
+        """Characters of prompt a request with a ``max_tokens`` reply may send."""
+        if self._max_history_chars is not None:
+            return self._max_history_chars
+        return history_budget_chars(self._context_tokens, max_tokens)
 
     def chat(
         self,
@@ -259,7 +344,6 @@ class InferenceLLMStream(llm.LLMStream):
         start: dict[str, Any] = {
             "op": "llm",
             "call_id": owner._call_id,
-            "messages": chat_ctx_to_messages(self._chat_ctx, self._tools),
             "max_tokens": owner._max_tokens,
             "temperature": owner._temperature,
             "top_p": owner._top_p,
@@ -267,6 +351,35 @@ class InferenceLLMStream(llm.LLMStream):
         for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
             if key in self._extra:
                 start[key] = self._extra[key]
+        full = chat_ctx_to_messages(self._chat_ctx, self._tools)
+        messages = trim_messages(full, owner.history_budget(int(start["max_tokens"])))
+        if len(messages) < len(full) and not owner._trim_logged:
+            owner._trim_logged = True
+            logger.info(
+                "chat history over the prompt budget: sending the newest %d of %d messages "
+                "(further trims are not logged)",
+                len(messages),
+                len(full),
+            )
+        try:
+            await self._generate({**start, "messages": messages})
+        except ServerError as err:
+            # Refused before any token: the prompt is longer than the estimate said. One more
+            # try with half the history; a second refusal fails the request.
+            shorter = _halve_history(messages) if err.code == "payload_too_large" else None
+            if shorter is None:
+                raise
+            logger.warning(
+                "inference server refused the prompt as too long (%d messages); retrying once "
+                "with the newest %d of %d",
+                len(messages),
+                len(shorter),
+                len(full),
+            )
+            await self._generate({**start, "messages": shorter})
+
+    async def _generate(self, start: dict[str, Any]) -> None:
+        owner = self._owner
         request_id = utils.shortuuid("llm_")
         parser = ToolCallParser() if self._tools else None
         stream = await owner._client.open(start, connect_timeout=self._conn_options.timeout)
