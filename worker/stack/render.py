@@ -225,6 +225,11 @@ class RunFiles:
     redis_config: Path
     credentials: Path
 
+    @property
+    def redis_data_dir(self) -> Path:
+        """Redis's working directory: its append-only file and snapshots."""
+        return self.run_dir / "redis"
+
 
 def _write_private(path: Path, text: str) -> None:
     # Rendered files can hold the Redis password: readable by the owner only (livekit-server
@@ -249,13 +254,20 @@ def write_run_files(stack: RenderedStack, run_dir: Path) -> RunFiles:
     _write_private(files.livekit_config, header + yaml.safe_dump(stack.livekit, sort_keys=False))
     _write_private(files.sip_config, header + yaml.safe_dump(stack.sip, sort_keys=False))
     host, port = stack.redis_address
+    files.redis_data_dir.mkdir(mode=0o700, exist_ok=True)
+    # LiveKit keeps SIP trunks and dispatch rules (what `voicestack provision` stored) in Redis
+    # and nowhere else: persist every write, so a Redis the supervisor restarts after a crash
+    # still has them. fsync per write costs nothing at this size (a handful of keys, rare
+    # writes besides LiveKit's node and room bookkeeping). No RDB snapshots: the AOF suffices.
     redis_lines = [
         f"bind {host}",
         f"port {port}",
         "protected-mode yes",
         'save ""',
-        "appendonly no",
-        f"dir {run_dir}",
+        "appendonly yes",
+        "appendfsync always",
+        f'dir "{files.redis_data_dir}"',
+        "dbfilename dump.rdb",
     ]
     if stack.redis_password:
         redis_lines.append(f'requirepass "{stack.redis_password}"')
