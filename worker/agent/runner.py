@@ -79,13 +79,15 @@ def build_server(
 
 class _Readiness:
     """``GET /readyz``: 200 once the worker is registered with LiveKit and not draining, 503
-    before and while draining; ``GET /healthz``: 200 while the process serves. The supervisor
-    and tests wait on ``/readyz``: a call placed before registration would never be dispatched
-    (self-hosted LiveKit does not retry a dispatch that found no worker)."""
+    before and while draining, and for good once a helper process died; ``GET /healthz``: 200
+    while the process serves. The supervisor and tests wait on ``/readyz``: a call placed
+    before registration would never be dispatched (self-hosted LiveKit does not retry a
+    dispatch that found no worker)."""
 
     def __init__(self) -> None:
         self.registered = False
         self.draining = False
+        self.broken: str | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -94,9 +96,9 @@ class _Readiness:
         return app
 
     async def _ready(self, request: web.Request) -> web.Response:
-        if self.registered and not self.draining:
+        if self.registered and not self.draining and self.broken is None:
             return web.Response(text="ok")
-        state = "draining" if self.draining else "not registered with LiveKit yet"
+        state = self.broken or ("draining" if self.draining else "not registered with LiveKit yet")
         return web.Response(status=503, text=state)
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -115,12 +117,21 @@ async def serve(
     With ``ready_port``, a readiness endpoint (see :class:`_Readiness`) listens on 127.0.0.1;
     with ``prometheus_port``, ``/metrics`` listens on ``worker.http_host``.
     """
+    from worker.agent.announcements import ensure_rendered
+    from worker.agent.watchdog import HelperWatch, JobWatchdog
+
+    # Fallback audio first: no call may be taken without it (it plays when inference cannot).
+    await ensure_rendered(cfg, inference_url)
     server = build_server(cfg, inference_url=inference_url, prometheus_port=prometheus_port)
     readiness = _Readiness()
+    watchdog = JobWatchdog(cfg.worker.agent_name)
+    helpers = HelperWatch()
 
     def _registered(*_: object) -> None:
         readiness.registered = True
         logger.info("worker registered as %r", cfg.worker.agent_name)
+        watchdog.attach(server)
+        helpers.snapshot()
 
     server.on("worker_registered", _registered)
     runner: web.AppRunner | None = None
@@ -134,12 +145,21 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     run_task = asyncio.create_task(server.run(devmode=False), name="agent-server")
     stop_task = asyncio.create_task(stop.wait(), name="agent-stop")
+    helper_task = asyncio.create_task(helpers.wait_lost(), name="agent-helpers")
     status = 0
     try:
-        done, _ = await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {run_task, stop_task, helper_task}, return_when=asyncio.FIRST_COMPLETED
+        )
         if run_task in done:
             err = run_task.exception()
             logger.error("agent worker stopped: %s", err or "run() returned")
+            return 1
+        if helper_task in done:
+            # Without its forkserver or resource tracker the worker cannot start the next
+            # call's process: report unready and exit so that the supervisor restarts it.
+            readiness.broken = helper_task.result()
+            logger.critical("%s: the worker stops to be restarted", readiness.broken)
             return 1
         readiness.draining = True
         logger.info("signal received: draining live calls (up to %ss)", cfg.worker.drain_timeout_s)
@@ -150,10 +170,12 @@ async def serve(
             status = 1
     finally:
         stop_task.cancel()
+        helper_task.cancel()
+        await watchdog.aclose()
         await server.aclose()
         if not run_task.done():
             run_task.cancel()
-        await asyncio.gather(run_task, stop_task, return_exceptions=True)
+        await asyncio.gather(run_task, stop_task, helper_task, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
     return status

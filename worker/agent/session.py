@@ -5,19 +5,28 @@ Everything is local: our inference-server plugins for STT/LLM/TTS, Silero VAD fr
 would call LiveKit Cloud), ``record=False``. The persona comes from ``config/agent.yaml``.
 The agent greets, converses, and ends the job as soon as the caller leaves, which closes the
 plugins' streams and so frees their inference-server slots.
+
+No dead air: the plugins fail fast (deadlines, heartbeat), a :class:`CallGuard` plays
+pre-rendered fallback audio and recovers, transfers or hangs up; a call beyond the inference
+server's capacity hears ``busy`` (or is rejected); a job re-dispatched after its process died
+(``recovery`` in the job metadata) apologises instead of greeting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import os
 from typing import Any, TypedDict
 
-from livekit import rtc
+import aiohttp
+from livekit import api, rtc
 from livekit.agents import (
     Agent,
     AgentSession,
+    APIConnectOptions,
     AutoSubscribe,
     ChatMessage,
     CloseEvent,
@@ -25,13 +34,24 @@ from livekit.agents import (
     JobContext,
     JobProcess,
 )
+from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import silero
 
+from worker.agent.announcements import Announcements, Announcer, load_announcements
+from worker.agent.call_guard import CallGuard
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
+from worker.agent.plugins._client import StreamDeadlines
 from worker.agent.turn_metrics import TurnMetricsLog
-from worker.config.agent import AgentConfig, load_agent_config
+from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config
 
-__all__ = ["CONFIG_ENV", "INFERENCE_URL_ENV", "VoiceAgent", "entrypoint", "prewarm"]
+__all__ = [
+    "CONFIG_ENV",
+    "INFERENCE_URL_ENV",
+    "RECOVERY_METADATA_KEY",
+    "VoiceAgent",
+    "entrypoint",
+    "prewarm",
+]
 
 logger = logging.getLogger("voicestack.agent")
 
@@ -39,6 +59,8 @@ CONFIG_ENV = "VOICESTACK_AGENT_CONFIG"
 """Path of the agent config; set by ``voicestack agent start`` for its job processes."""
 INFERENCE_URL_ENV = "VOICESTACK_INFERENCE_URL"
 """Overrides ``inference.url`` of the config (``--inference-url``)."""
+RECOVERY_METADATA_KEY = "voicestack_recovery"
+"""Set in the metadata of a job the worker re-dispatched after the call's job process died."""
 
 
 def _config_from_env() -> tuple[AgentConfig, str]:
@@ -55,6 +77,8 @@ def prewarm(proc: JobProcess) -> None:
     cfg, url = _config_from_env()
     proc.userdata["config"] = cfg
     proc.userdata["inference_url"] = url
+    # Rendered by the worker before it registered (worker.agent.runner): no job runs without.
+    proc.userdata["announcements"] = load_announcements(cfg)
     proc.userdata["vad"] = silero.VAD.load(
         activation_threshold=cfg.turn.vad_activation_threshold,
         min_silence_duration=cfg.turn.vad_min_silence_s,
@@ -64,15 +88,63 @@ def prewarm(proc: JobProcess) -> None:
 
 
 class VoiceAgent(Agent):
-    """The persona: instructions from the config; greets as soon as the session starts."""
+    """The persona: instructions from the config; greets as soon as the session starts, or,
+    in a job that took over a call whose agent died, apologises with the pre-rendered
+    ``recovered`` message (the caller already heard the greeting)."""
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, announcer: Announcer, *, recovered: bool) -> None:
         super().__init__(instructions=cfg.persona.system_prompt)
         self._greeting = cfg.persona.greeting
+        self._announcer = announcer
+        self._recovered = recovered
 
     async def on_enter(self) -> None:
+        if self._recovered:
+            await self._announcer.play("recovered")
+            return
         # The greeting is not interruptible: line noise at call setup must not cut it off.
         self.session.say(self._greeting, allow_interruptions=False)
+
+
+def connect_options(cfg: AgentConfig) -> SessionConnectOptions:
+    """LLM and TTS fail at once (the :class:`CallGuard` holds and recovers, a blind retry
+    would only lengthen the silence); STT reconnects for as long as a recovery may take; the
+    session itself never closes over errors: the guard decides the call's fate."""
+    fb = cfg.fallback
+    connect = cfg.inference.connect_timeout_s
+    stt_retries = math.ceil(fb.recovery_timeout_s / 0.5) + 4
+    return SessionConnectOptions(
+        stt_conn_options=APIConnectOptions(
+            max_retry=stt_retries, retry_interval=0.5, timeout=connect
+        ),
+        llm_conn_options=APIConnectOptions(max_retry=0, timeout=connect),
+        tts_conn_options=APIConnectOptions(max_retry=0, timeout=connect),
+        max_unrecoverable_errors=1_000_000,
+    )
+
+
+def stream_deadlines(fb: FallbackConfig) -> StreamDeadlines:
+    return StreamDeadlines(
+        stt=fb.stt_final_timeout_s,
+        llm=fb.llm_reply_timeout_s,
+        tts=fb.tts_audio_timeout_s,
+        heartbeat=fb.heartbeat_s,
+    )
+
+
+async def accepting_calls(url: str, timeout_s: float) -> bool:
+    """The inference server's ``/v1/capacity`` says a new call would be admitted."""
+    try:
+        async with (
+            aiohttp.ClientSession(trust_env=False) as http,
+            http.get(
+                url.rstrip("/") + "/v1/capacity", timeout=aiohttp.ClientTimeout(timeout_s)
+            ) as r,
+        ):
+            data = await r.json()
+            return r.status == 200 and bool(data.get("accepting"))
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return False
 
 
 def _turn_handling(cfg: AgentConfig) -> dict[str, Any]:
@@ -106,6 +178,46 @@ async def entrypoint(ctx: JobContext) -> None:
     url: str = ctx.proc.userdata["inference_url"]
     call_id = ctx.room.name or ctx.job.id
     link = _ServerLink(url=url, call_id=call_id, connect_timeout=cfg.inference.connect_timeout_s)
+    announcements: Announcements = ctx.proc.userdata["announcements"]
+    metadata = _job_metadata(ctx.job.metadata)
+    recovered = RECOVERY_METADATA_KEY in metadata
+    announcer = Announcer(ctx.room, announcements)
+
+    async def _end_call(reason: str) -> None:
+        """Transfer the caller to ``fallback.transfer_to`` if set (a failed transfer falls
+        back to a hang-up), else hang up by deleting the room; then end the job."""
+        target = cfg.fallback.transfer_to
+        caller = _caller(ctx.room)
+        if target and caller is not None:
+            try:
+                await ctx.api.sip.transfer_sip_participant(
+                    api.TransferSIPParticipantRequest(
+                        room_name=ctx.room.name,
+                        participant_identity=caller.identity,
+                        transfer_to=target,
+                    )
+                )
+                logger.info("call %s transferred to %s (%s)", call_id, target, reason)
+            except Exception as err:
+                logger.error("transfer of call %s to %s failed: %s", call_id, target, err)
+                await announcer.play("goodbye")
+        logger.warning("ending call %s: %s", call_id, reason)
+        await ctx.delete_room()
+        ctx.shutdown(reason=reason)
+
+    if not await accepting_calls(url, cfg.inference.capacity_timeout_s) and not recovered:
+        # Beyond capacity: never answer into silence, never let it ring for nothing.
+        if cfg.fallback.on_overload == "reject":
+            logger.warning("call %s refused: the inference server is at capacity", call_id)
+            await ctx.delete_room()
+            ctx.shutdown(reason="at capacity: rejected")
+            return
+        await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+        logger.warning("call %s: inference server at capacity; playing the busy message", call_id)
+        await announcer.play("busy")
+        await _end_call("at capacity: busy message played")
+        return
+
     stt = InferenceSTT(
         **link,
         language=cfg.persona.language,
@@ -123,10 +235,9 @@ async def entrypoint(ctx: JobContext) -> None:
         sample_rate=cfg.persona.voice_sample_rate,
     )
 
-    async def _close_plugins() -> None:
-        await asyncio.gather(stt.aclose(), llm.aclose(), tts.aclose(), return_exceptions=True)
-
-    ctx.add_shutdown_callback(_close_plugins)
+    deadlines = stream_deadlines(cfg.fallback)
+    for plugin in (stt, llm, tts):
+        plugin.set_deadlines(deadlines)
 
     session: AgentSession = AgentSession(
         stt=stt,
@@ -135,7 +246,17 @@ async def entrypoint(ctx: JobContext) -> None:
         vad=ctx.proc.userdata["vad"],
         turn_handling=_turn_handling(cfg),  # type: ignore[arg-type]
         user_away_timeout=None,
+        conn_options=connect_options(cfg),
     )
+    guard = CallGuard(session, announcer, cfg.fallback, inference_url=url, end_call=_end_call)
+
+    async def _close_plugins() -> None:
+        await guard.aclose()
+        await asyncio.gather(
+            stt.aclose(), llm.aclose(), tts.aclose(), announcer.aclose(), return_exceptions=True
+        )
+
+    ctx.add_shutdown_callback(_close_plugins)
     metrics = TurnMetricsLog(call_id)
 
     @session.on("conversation_item_added")
@@ -164,5 +285,28 @@ async def entrypoint(ctx: JobContext) -> None:
             ctx.shutdown(reason="caller hung up")
 
     await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
-    await session.start(agent=VoiceAgent(cfg), room=ctx.room, record=False)
-    logger.info("session started for call %s (inference at %s)", call_id, url)
+    await announcer.start()
+    await session.start(
+        agent=VoiceAgent(cfg, announcer, recovered=recovered), room=ctx.room, record=False
+    )
+    logger.info(
+        "session started for call %s (inference at %s%s)",
+        call_id,
+        url,
+        "; took over after the agent was lost" if recovered else "",
+    )
+
+
+def _job_metadata(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _caller(room: rtc.Room) -> rtc.RemoteParticipant | None:
+    for p in room.remote_participants.values():
+        if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return p
+    return None

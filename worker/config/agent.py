@@ -8,7 +8,7 @@ error that names the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,6 +16,8 @@ from worker.config.loader import load_model
 
 __all__ = [
     "AgentConfig",
+    "FallbackConfig",
+    "FallbackMessages",
     "InferenceClientConfig",
     "LLMSettings",
     "PersonaConfig",
@@ -104,12 +106,59 @@ class WorkerConfig(_Strict):
     overrides it (the loopback stack passes a free port)."""
 
 
+class FallbackMessages(_Strict):
+    """What the caller hears when something fails. Rendered once by the worker ahead of any
+    call (and cached on disk), so playing one never needs the inference server."""
+
+    hold: str = "I'm sorry, I'm having a technical problem. Please hold on for a moment."
+    still_holding: str = "Thank you for holding. I'm still working on it."
+    resume: str = "Thank you for holding. Could you please say that again?"
+    recovered: str = "I'm sorry, we were cut off for a moment. I'm back. How can I help you?"
+    transfer: str = "I'm transferring you to a colleague now. Please stay on the line."
+    goodbye: str = (
+        "I'm sorry, we can't help you right now because of a technical problem. "
+        "Please call again later. Goodbye."
+    )
+    busy: str = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
+
+
+class FallbackConfig(_Strict):
+    """No dead air: how a call survives a fault (docs/reliability.md)."""
+
+    messages: FallbackMessages = FallbackMessages()
+    transfer_to: str = ""
+    """Where a call goes when the agent cannot recover (``sip:queue@pbx`` or ``tel:+1...``);
+    empty: the caller hears ``goodbye`` and the call is hung up."""
+    recovery_timeout_s: Seconds = 25.0
+    """How long a call holds (hearing ``hold``, then ``still_holding`` every
+    ``hold_repeat_s``) for the inference server to serve again before it is ended."""
+    hold_repeat_s: Seconds = 7.0
+    max_faults_per_call: Annotated[int, Field(ge=1, le=100)] = 3
+    """After this many faults in one call it is transferred or ended instead of held again."""
+    on_overload: Literal["busy_message", "reject"] = "busy_message"
+    """A call beyond the inference server's capacity: hear ``busy`` and hang up, or be
+    rejected before it is answered (the room is deleted; livekit-sip answers the INVITE with
+    an error)."""
+    stt_final_timeout_s: Seconds = 2.5
+    """Deadline for a final transcript after the end of the caller's speech (a flush)."""
+    llm_reply_timeout_s: Seconds = 2.5
+    """Deadline for the LLM's first token, and then for each next one."""
+    tts_audio_timeout_s: Seconds = 2.5
+    """Deadline for TTS audio once the text to speak is complete (flush or end of input)."""
+    heartbeat_s: Seconds = 2.0
+    """WebSocket ping interval to the inference server; no pong within half of it fails the
+    stream (a hung or stopped server is noticed even while no answer is due)."""
+    cache_dir: str = ""
+    """Where rendered fallback audio is kept (empty: ``$XDG_CACHE_HOME/voicestack``)."""
+
+
 class AgentConfig(_Strict):
     persona: PersonaConfig
     inference: InferenceClientConfig = InferenceClientConfig()
     llm: LLMSettings = LLMSettings()
     turn: TurnConfig = TurnConfig()
     worker: WorkerConfig = WorkerConfig()
+    fallback: FallbackConfig = FallbackConfig()
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "InferencePlugin",
     "InferenceStream",
     "ServerError",
+    "StreamDeadlines",
     "StreamMessage",
     "run_duplex",
 ]
@@ -67,11 +69,72 @@ class StreamMessage:
     audio: bytes | None = None
 
 
-class InferenceStream:
-    """An open stream: send JSON or audio, iterate server frames. Use ``async with``."""
+@dataclass(frozen=True)
+class StreamDeadlines:
+    """How long a stream may wait for the server once an answer is due, per op, and the
+    WebSocket ping interval (no pong within half of it fails the stream). ``None``: no
+    deadline. An LLM stream owes tokens from its start; STT and TTS streams say when an
+    answer is due (:meth:`InferenceStream.expect`)."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    stt: float | None = None
+    llm: float | None = None
+    tts: float | None = None
+    heartbeat: float | None = None
+
+    def for_op(self, op: str) -> float | None:
+        value: float | None = getattr(self, op, None)
+        return value
+
+
+_POLL_S = 0.25  # how often a reader waiting for a due answer checks its deadline
+
+
+class InferenceStream:
+    """An open stream: send JSON or audio, iterate server frames. Use ``async with``.
+
+    With a ``reply_timeout``, :meth:`messages` raises ``APITimeoutError`` when an answer is
+    due (:meth:`expect` was called more often than :meth:`satisfied`) and the server sent
+    nothing for that long: a hung engine never hangs a turn.
+    """
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        *,
+        reply_timeout: float | None = None,
+        expect_now: bool = False,
+    ) -> None:
         self._ws = ws
+        self._reply_timeout = reply_timeout
+        self._due = 1 if expect_now else 0
+        self._due_since = time.monotonic()
+
+    def expect(self) -> None:
+        """One more answer is due (an STT flush, a TTS flush or end of input)."""
+        if self._due == 0:
+            self._due_since = time.monotonic()
+        self._due += 1
+
+    def satisfied(self) -> None:
+        """One due answer arrived (an STT final, a TTS clause's end)."""
+        self._due = max(0, self._due - 1)
+        self._due_since = time.monotonic()
+
+    async def _receive(self) -> aiohttp.WSMessage:
+        if self._reply_timeout is None:
+            return await self._ws.receive()
+        while True:
+            try:
+                msg = await self._ws.receive(timeout=_POLL_S)
+            except TimeoutError:
+                if self._due and time.monotonic() - self._due_since > self._reply_timeout:
+                    raise APITimeoutError(
+                        f"inference server sent nothing for {self._reply_timeout:g} s "
+                        "while an answer was due"
+                    ) from None
+                continue
+            self._due_since = time.monotonic()  # any frame is progress
+            return msg
 
     async def send_json(self, obj: dict[str, Any]) -> None:
         """Send one JSON text frame; a vanished server raises ``APIConnectionError``."""
@@ -94,7 +157,8 @@ class InferenceStream:
         ``APIConnectionError``. A normal close after the stream's final frame just ends the
         iteration: callers check they saw ``done``.
         """
-        async for msg in self._ws:
+        while True:
+            msg = await self._receive()
             if msg.type == aiohttp.WSMsgType.TEXT:
                 try:
                     data = json.loads(msg.data)
@@ -153,13 +217,20 @@ class InferenceClient:
     ``base_url`` is ``http://host:port``; the stream endpoint is ``/v1/stream``.
     """
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 5.0,
+        deadlines: StreamDeadlines | None = None,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"inference server URL must start with http:// or https://: {base_url!r}"
             )
         self._base_url = base_url.rstrip("/")
         self._connect_timeout = connect_timeout
+        self.deadlines = deadlines or StreamDeadlines()
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -179,7 +250,9 @@ class InferenceClient:
         url = self._base_url + "/v1/stream"
         try:
             ws = await asyncio.wait_for(
-                self._http().ws_connect(url, max_msg_size=16 * 1024 * 1024, heartbeat=None),
+                self._http().ws_connect(
+                    url, max_msg_size=16 * 1024 * 1024, heartbeat=self.deadlines.heartbeat
+                ),
                 timeout=connect_timeout if connect_timeout is not None else self._connect_timeout,
             )
         except TimeoutError as err:
@@ -191,7 +264,10 @@ class InferenceClient:
             ) from err
         except (aiohttp.ClientError, OSError) as err:
             raise APIConnectionError(f"cannot reach the inference server at {url}: {err}") from err
-        stream = InferenceStream(ws)
+        op = str(start.get("op", ""))
+        stream = InferenceStream(
+            ws, reply_timeout=self.deadlines.for_op(op), expect_now=op == "llm"
+        )
         try:
             await stream.send_json(start)
         except BaseException:
@@ -220,6 +296,10 @@ class InferencePlugin:
     def _connect(self, url: str, *, call_id: str, connect_timeout: float) -> None:
         self._client = InferenceClient(url, connect_timeout=connect_timeout)
         self._call_id = call_id or utils.shortuuid("call_")
+
+    def set_deadlines(self, deadlines: StreamDeadlines) -> None:
+        """Deadlines and heartbeat of the streams this plugin opens from now on."""
+        self._client.deadlines = deadlines
 
     @property
     def model(self) -> str:

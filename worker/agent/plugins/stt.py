@@ -151,6 +151,7 @@ class InferenceSTTStream(stt.RecognizeStream):
     async def _send_loop(self, stream: InferenceStream) -> None:
         async for item in self._input_ch:
             if isinstance(item, self._FlushSentinel):
+                stream.expect()  # a final transcript is now due
                 await stream.send_json({"type": "flush"})
             else:
                 await stream.send_audio(frame_to_mono_pcm(item))
@@ -175,6 +176,7 @@ class InferenceSTTStream(stt.RecognizeStream):
                         )
                     )
             elif kind == "final":
+                stream.satisfied()
                 text = str(data.get("text", "")).strip()
                 audio_s = float(data.get("audio_ms", 0)) / 1000.0
                 self._event_ch.send_nowait(

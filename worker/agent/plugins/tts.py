@@ -92,10 +92,12 @@ class InferenceSynthesizeStream(tts.SynthesizeStream):
     async def _send_loop(self, stream: InferenceStream) -> None:
         async for item in self._input_ch:
             if isinstance(item, self._FlushSentinel):
+                stream.expect()  # the text so far must now be spoken
                 await stream.send_json({"type": "flush"})
             else:
                 self._mark_started()
                 await stream.send_json({"type": "push_text", "text": item})
+        stream.expect()
         await stream.send_json({"type": "end_input"})
 
     async def _recv_loop(
@@ -122,6 +124,7 @@ class InferenceSynthesizeStream(tts.SynthesizeStream):
                     emitter.start_segment(segment_id=request_id)
                     started = True
             elif kind == "audio_end":
+                stream.satisfied()
                 # Push what is buffered so playout of this clause is not held for the next.
                 emitter.flush()
             elif kind == "done":

@@ -1,0 +1,164 @@
+"""No dead air: one call's owner of what happens when its STT, LLM or TTS fails.
+
+The session's plugins fail fast (stream deadlines, a heartbeat, no blind retries of LLM and
+TTS), and every failure reaches :class:`CallGuard` as the session's ``error`` event. The guard
+then, within one step of the event loop:
+
+1. stops the half-made answer and plays the pre-rendered ``hold`` message (no inference
+   server needed), repeating ``still_holding`` while it waits;
+2. polls the inference server's ``/readyz`` until it serves again (the supervisor restarts a
+   dead or hung one) or ``recovery_timeout_s`` passes;
+3. recovered: answers the caller's last unanswered words, or asks them to repeat; not
+   recovered (or too many faults in this call): transfers the caller to ``transfer_to`` if
+   configured, else plays ``goodbye`` and deletes the room (which hangs up the SIP leg).
+
+Only one recovery runs at a time; errors during it are counted, not acted on twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from livekit.agents import AgentSession, ChatMessage, ErrorEvent
+
+from worker.agent.announcements import Announcer
+from worker.config.agent import FallbackConfig
+
+__all__ = ["CallEnder", "CallGuard", "GuardState", "server_ready"]
+
+log = logging.getLogger("voicestack.agent")
+
+CallEnder = Callable[[str], Awaitable[None]]
+"""Ends the call for the given reason (transfer or hang up); supplied by the job."""
+
+
+class GuardState(enum.StrEnum):
+    NORMAL = "normal"
+    HOLDING = "holding"
+    ENDING = "ending"
+
+
+async def server_ready(url: str, *, timeout_s: float = 0.5) -> bool:
+    """One ``GET /readyz`` of the inference server; False on any failure."""
+    try:
+        async with (
+            aiohttp.ClientSession(trust_env=False) as http,
+            http.get(url.rstrip("/") + "/readyz", timeout=aiohttp.ClientTimeout(timeout_s)) as r,
+        ):
+            return r.status == 200
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return False
+
+
+class CallGuard:
+    """Watches one call's session for failures and keeps the caller hearing something."""
+
+    def __init__(
+        self,
+        session: AgentSession,
+        announcer: Announcer,
+        cfg: FallbackConfig,
+        *,
+        inference_url: str,
+        end_call: CallEnder,
+        probe: Callable[[str], Awaitable[bool]] = server_ready,
+    ) -> None:
+        self._session = session
+        self._announcer = announcer
+        self._cfg = cfg
+        self._url = inference_url
+        self._end_call = end_call
+        self._probe = probe
+        self.state = GuardState.NORMAL
+        self.faults = 0
+        self.log: list[str] = []
+        """One line per fault and outcome (for the job log and tests)."""
+        self._task: asyncio.Task[None] | None = None
+        session.on("error", self._on_error)
+
+    def _on_error(self, ev: ErrorEvent) -> None:
+        err = getattr(ev.error, "error", ev.error)
+        source = type(ev.source).__name__
+        if self.state is not GuardState.NORMAL:
+            log.info("%s failed again while %s: %s", source, self.state, err)
+            return
+        self.faults += 1
+        self.state = GuardState.HOLDING
+        self.log.append(f"fault {self.faults}: {source}: {err}")
+        log.warning(
+            "call fault %d (%s): %s; the caller hears the hold message", self.faults, source, err
+        )
+        self._task = asyncio.create_task(self._recover(), name="call-guard-recover")
+
+    async def end(self, reason: str, message: str = "goodbye") -> None:
+        """Play ``message`` and end the call (used by the guard and by the job itself)."""
+        if self.state is GuardState.ENDING:
+            return
+        self.state = GuardState.ENDING
+        self.log.append(f"ending: {reason}")
+        with contextlib.suppress(RuntimeError):
+            self._session.interrupt(force=True)
+        if self._cfg.transfer_to:
+            await self._announcer.play("transfer")
+        else:
+            await self._announcer.play(message)
+        await self._end_call(reason)
+
+    async def _recover(self) -> None:
+        with contextlib.suppress(RuntimeError):  # nothing to interrupt / session closing
+            self._session.interrupt(force=True)
+        if self.faults > self._cfg.max_faults_per_call:
+            await self.end(f"{self.faults} faults in this call")
+            return
+        hold = asyncio.create_task(self._hold())
+        try:
+            ready = await self._wait_ready(time.monotonic() + self._cfg.recovery_timeout_s)
+        finally:
+            hold.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hold
+        if not ready:
+            await self.end(f"inference server not back within {self._cfg.recovery_timeout_s:g} s")
+            return
+        self.log.append("recovered")
+        log.info("inference server serves again: the call continues")
+        self.state = GuardState.NORMAL
+        await self._announcer.wait_idle()  # the hold message in flight ends first
+        if self._caller_unanswered():
+            self._session.generate_reply()
+        else:
+            await self._announcer.play("resume")
+
+    async def _hold(self) -> None:
+        """``hold`` at once, then ``still_holding`` every ``hold_repeat_s`` (never dead air).
+        Cancelled between messages only: a message, once started, is played whole."""
+        await asyncio.shield(self._announcer.play("hold"))
+        while True:
+            await asyncio.sleep(self._cfg.hold_repeat_s)
+            await asyncio.shield(self._announcer.play("still_holding"))
+
+    async def _wait_ready(self, deadline: float) -> bool:
+        # Two good answers in a row: a server that just restarted may still be settling.
+        good = 0
+        while time.monotonic() < deadline:
+            good = good + 1 if await self._probe(self._url) else 0
+            if good >= 2:
+                return True
+            await asyncio.sleep(0.25)
+        return False
+
+    def _caller_unanswered(self) -> bool:
+        items = [i for i in self._session.history.items if isinstance(i, ChatMessage)]
+        return bool(items) and items[-1].role == "user"
+
+    async def aclose(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
