@@ -200,3 +200,47 @@ async def test_stop_signal_is_repeated_only_when_asked(tmp_path: Path, repeat: b
     else:
         assert counter.read_text() == "1"  # a drain is never cut short by a second signal
         assert any("sending SIGKILL" in e for e in events)
+
+
+async def test_liveness_restarts_a_child_that_stops_answering(tmp_path: Path) -> None:
+    """A healthy child whose health check fails ``liveness_failures`` times in a row (here:
+    stopped with SIGSTOP, as a hung process) is killed and restarted like a crash."""
+    port = free_port()
+    http = ProcessSpec(
+        name="hung",
+        argv=(PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"),
+        cwd=tmp_path,
+        health=HealthCheck("http", "127.0.0.1", port, "/"),
+        start_timeout_s=20,
+        stop_timeout_s=5,
+        liveness_failures=2,
+        liveness_interval_s=0.2,
+    )
+    async with Supervisor([http], tmp_path, backoff_initial_s=0.1) as sup:
+        first = sup.child("hung").pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)
+        assert await sup.wait_for(
+            lambda st: st[0].restarts == 1 and st[0].state == ChildState.HEALTHY, 20
+        ), sup.status()
+        assert sup.child("hung").pid != first
+        assert not _alive(first)
+
+
+async def test_no_liveness_probing_unless_asked(tmp_path: Path) -> None:
+    http_port = free_port()
+    http = ProcessSpec(
+        name="paused",
+        argv=(PY, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"),
+        cwd=tmp_path,
+        health=HealthCheck("http", "127.0.0.1", http_port, "/"),
+        start_timeout_s=20,
+        stop_timeout_s=5,
+    )
+    async with Supervisor([http], tmp_path, backoff_initial_s=0.1) as sup:
+        pid = sup.child("paused").pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(1.5)
+        assert sup.child("paused").restarts == 0
+        os.kill(pid, signal.SIGCONT)
