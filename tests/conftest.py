@@ -39,12 +39,29 @@ def in_ci() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The subprocess engine checks run first: if a native engine crashes on this CPU, they say
+    # so and the session stops, before any in-process engine test can take pytest down with it.
+    items.sort(key=lambda item: "native" not in item.keywords)
     if sip_available() or in_ci():
         return  # in CI a missing livekit-sip fails the sip tests (setup.sh already refused it)
     skip = pytest.mark.skip(reason=SIP_UNAVAILABLE)
     for item in items:
         if "sip" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and "native" in report.keywords and "subprocess" in report.nodeid:
+        _STOP.append(f"native engine check failed ({report.nodeid}): see its message")
+
+
+_STOP: list[str] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    if _STOP:
+        item.session.shouldstop = _STOP[0]
 
 
 @pytest.hookimpl(trylast=True)

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.agent.runner",
     "worker.caller.demo",
     "worker.inference.cli",
+    "worker.inference.selftest",
     "worker.bench.cli",
     "worker.inference.scheduler.sim_cli",
 )
