@@ -80,8 +80,8 @@ async def test_a_dead_owner_thread_is_reported_and_refuses_work() -> None:
     runner = _runner(faults)
     await runner.wait_loaded()
     faults.arm("llm", "kill_owner", 1)
-    # The work in the dying step is cancelled (drained), never left waiting.
-    assert await _run_one(runner) == WorkState.CANCELLED
+    # The work in the dying step fails (a client must not take it for a normal end).
+    assert await _run_one(runner) == WorkState.FAILED
     await _until(lambda: not runner.ready)
     assert "owner thread died" in (runner.problem() or "")
     with pytest.raises(EngineNotReady):

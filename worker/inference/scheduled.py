@@ -237,8 +237,12 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
         try:
             while self._iterate(engine):
                 pass
-        finally:
-            self._drain(engine)
+        except BaseException as err:
+            # The owner thread is dying: its work fails (the streams report an engine error at
+            # once) rather than ending "cancelled", which a client would take as a normal end.
+            self._drain(engine, died=err)
+            raise
+        self._drain(engine)
 
     def _iterate(self, engine: StepEngine) -> bool:
         sched = self._sched
@@ -364,13 +368,17 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
             )
         work._post(event)
 
-    def _drain(self, engine: StepEngine | None = None) -> None:
+    def _drain(self, engine: StepEngine | None = None, died: BaseException | None = None) -> None:
+        end: Terminal[R] = Terminal(WorkState.CANCELLED)
+        if died is not None:
+            err = RuntimeError(f"{self.name} engine owner thread died: {died}")
+            end = Terminal(WorkState.FAILED, error=err)
         with self._cond:
             new, self._inbox = self._inbox, []
             self._aborts = []
             self._waiting_estimate = self._active = 0
         for item in new:
-            self._finish(item, Terminal(WorkState.CANCELLED))
+            self._finish(item, end)
         for item in list(self._live.values()):
             self._live.pop(item.rid, None)
             if engine is not None:
@@ -378,4 +386,4 @@ class ScheduledRunner(OwnerThread[StepEngine], Generic[P, R]):
                     engine.release(item.rid)
                 except Exception:  # shutting down: nothing else to free it for
                     log.exception("%s: releasing %s at shutdown failed", self.name, item.rid)
-            self._finish(item, Terminal(WorkState.CANCELLED))
+            self._finish(item, end)
