@@ -29,6 +29,16 @@ def test_load_of_unreachable_server_is_full() -> None:
     assert InferenceLoad("http://127.0.0.1:9", timeout=0.3)() == 1.0
 
 
+async def test_a_ceiling_keeps_the_worker_taking_calls_at_capacity() -> None:
+    """With the busy message on, a full server must not make LiveKit stop dispatching: the
+    job plays the message instead of the call ringing out."""
+    async with fake_inference() as srv:
+        load = InferenceLoad(srv.url, ceiling=0.89)
+        srv.active["llm"] = 12
+        assert await asyncio.to_thread(load) == 0.89
+    assert InferenceLoad("http://127.0.0.1:9", timeout=0.3, ceiling=0.89)() == 0.89
+
+
 def _agent_start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", "agent", "start", *args],

@@ -36,13 +36,29 @@ _FRAME_MS = 20
 
 @dataclass(frozen=True)
 class Announcements:
-    """Rendered messages: name (a :class:`FallbackMessages` field) -> s16le mono PCM."""
+    """Rendered messages: name (a :class:`FallbackMessages` field, or ``hold_music``) -> s16le
+    mono PCM."""
 
     sample_rate: int
     pcm: dict[str, bytes]
 
+    def __post_init__(self) -> None:
+        self.pcm.setdefault("hold_music", hold_music(self.sample_rate))
+
     def duration_s(self, name: str) -> float:
         return len(self.pcm[name]) / 2 / self.sample_rate
+
+
+def hold_music(rate: int, *, seconds: float = 2.0) -> bytes:
+    """A soft two-note chime and a short rest (-24 dBFS, faded edges): what a caller on hold
+    hears between messages, so a hold is never silence. Generated, not rendered: it needs no
+    model and no file."""
+    t = np.arange(int(rate * 0.45)) / rate
+    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.05)
+    amp = 32768 * 10 ** (-24 / 20)
+    notes = [amp * fade * np.sin(2 * np.pi * f * t) for f in (523.25, 659.25)]
+    rest = np.zeros(max(0, int(rate * seconds) - 2 * len(t)))
+    return np.concatenate([*notes, rest]).astype(np.int16).tobytes()
 
 
 def _texts(messages: FallbackMessages) -> dict[str, str]:
@@ -164,7 +180,8 @@ class Announcer:
         self._published = True
 
     async def play(self, name: str) -> None:
-        """Speak the message ``name`` and wait until it has played out."""
+        """Speak the message ``name`` and wait until it has played out. Cancelling stops it
+        at once (what was queued is dropped); shield a message that must be heard whole."""
         pcm = self._ann.pcm[name]
         rate = self._ann.sample_rate
         async with self._lock:
@@ -173,11 +190,15 @@ class Announcer:
             log.info("playing fallback message %r (%.1f s)", name, self._ann.duration_s(name))
             step = rate * _FRAME_MS // 1000
             samples = np.frombuffer(pcm, dtype=np.int16)
-            for at in range(0, len(samples), step):
-                chunk = samples[at : at + step]
-                frame = rtc.AudioFrame(chunk.tobytes(), rate, 1, len(chunk))
-                await self._source.capture_frame(frame)
-            await self._source.wait_for_playout()
+            try:
+                for at in range(0, len(samples), step):
+                    chunk = samples[at : at + step]
+                    frame = rtc.AudioFrame(chunk.tobytes(), rate, 1, len(chunk))
+                    await self._source.capture_frame(frame)
+                await self._source.wait_for_playout()
+            except asyncio.CancelledError:
+                self._source.clear_queue()
+                raise
 
     async def wait_idle(self) -> None:
         """Return once no message is playing."""

@@ -5,7 +5,7 @@ TTS), and every failure reaches :class:`CallGuard` as the session's ``error`` ev
 then, within one step of the event loop:
 
 1. stops the half-made answer and plays the pre-rendered ``hold`` message (no inference
-   server needed), repeating ``still_holding`` while it waits;
+   server needed), then hold music, with ``still_holding`` every ``hold_repeat_s``;
 2. polls the inference server's ``/readyz`` until it serves again (the supervisor restarts a
    dead or hung one) or ``recovery_timeout_s`` passes;
 3. recovered: answers the caller's last unanswered words, or asks them to repeat; not
@@ -136,11 +136,14 @@ class CallGuard:
             await self._announcer.play("resume")
 
     async def _hold(self) -> None:
-        """``hold`` at once, then ``still_holding`` every ``hold_repeat_s`` (never dead air).
-        Cancelled between messages only: a message, once started, is played whole."""
+        """``hold`` at once, then hold music, and ``still_holding`` every ``hold_repeat_s``:
+        never dead air. Cancelling stops the music at once; a spoken message, once started,
+        is played whole."""
         await asyncio.shield(self._announcer.play("hold"))
         while True:
-            await asyncio.sleep(self._cfg.hold_repeat_s)
+            until = time.monotonic() + self._cfg.hold_repeat_s
+            while time.monotonic() < until:
+                await self._announcer.play("hold_music")
             await asyncio.shield(self._announcer.play("still_holding"))
 
     async def _wait_ready(self, deadline: float) -> bool:

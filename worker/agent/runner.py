@@ -63,7 +63,13 @@ def build_server(
 
     server = AgentServer(
         job_executor_type=JobExecutorType.PROCESS,
-        load_fnc=InferenceLoad(inference_url, timeout=cfg.inference.capacity_timeout_s),
+        # Below the threshold always: a call beyond capacity still reaches a job, which plays
+        # the busy message or rejects it (fallback.on_overload) instead of ringing out.
+        load_fnc=InferenceLoad(
+            inference_url,
+            timeout=cfg.inference.capacity_timeout_s,
+            ceiling=cfg.worker.load_threshold * 0.99,
+        ),
         load_threshold=cfg.worker.load_threshold,
         num_idle_processes=cfg.worker.num_idle_processes,
         drain_timeout=cfg.worker.drain_timeout_s,

@@ -226,6 +226,7 @@ async def entrypoint(ctx: JobContext) -> None:
     llm = InferenceLLM(
         **link,
         max_tokens=cfg.llm.max_tokens,
+        context_tokens=cfg.llm.context_tokens,
         temperature=cfg.llm.temperature,
         top_p=cfg.llm.top_p,
     )

@@ -58,6 +58,9 @@ class InferenceClientConfig(_Strict):
 
 class LLMSettings(_Strict):
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
+    context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
+    """The server model's context per call (the inference config's ``llm.n_ctx``): the chat
+    history sent is trimmed to fit it with the reply, so a long call never overflows."""
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.6
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
 

@@ -337,7 +337,7 @@ class Supervisor:
             self._event(
                 child,
                 f"failed {spec.liveness_failures} health checks in a row "
-                f"({spec.health.describe()}); killing it for a restart",
+                f"(wanted {spec.health.describe()}); killing it for a restart",
                 logging.ERROR,
             )
             child.state = ChildState.BACKOFF
