@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,19 @@ class BaresipCaller:
         self.sent: Pcm | None = None
         self.rtp_sources: list[str] = []
         """Where baresip received RTP from (``ip:port``), read from its log after the call."""
+        self._work: Path | None = None
+        self.dialed_at: float | None = None
+        """``time.monotonic()`` when the INVITE was sent, and when the call was answered."""
+        self.answered_at: float | None = None
+
+    def heard_so_far(self) -> Pcm:
+        """What the caller heard so far in the call in progress (empty before it is
+        answered); its length is the heard recording's clock, for marking when something
+        happened during the call."""
+        if self._work is None:
+            return np.zeros(0, dtype=np.int16)
+        dec = sorted((self._work / "rec").glob("*-dec.wav"))
+        return _read_growing_wav(dec[-1]) if dec else np.zeros(0, dtype=np.int16)
 
     async def call(self, script: CallerScript, *, hang_up: HangUp | None = None) -> CallRecording:
         if script.sample_rate != SIP_SAMPLE_RATE:
@@ -78,6 +92,7 @@ class BaresipCaller:
         hung_up_early = False
         for attempt in range(3):
             work, ctl_port = _prepare(self._work_dir, script.wav)
+            self._work = work
             log = (work / "baresip.log").open("wb")
             proc = await asyncio.create_subprocess_exec(
                 exe,
@@ -124,8 +139,10 @@ class BaresipCaller:
     async def _run_call(
         self, ctl: _Ctl, script: CallerScript, hang_up: HangUp | None, work: Path
     ) -> bool:
+        self.dialed_at = time.monotonic()
         await ctl.send("dial", self._target)
         await ctl.wait_event("CALL_ESTABLISHED", self._answer_timeout_s, fail_on="CALL_CLOSED")
+        self.answered_at = time.monotonic()
         logger.info("SIP call established with %s", self._target)
         if hang_up is None:
             # aufile ends the call itself at the end of the WAV ("end of file").

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,23 +91,31 @@ def build_caller_script(
     questions: tuple[str, ...] = DEFAULT_QUESTIONS,
     sample_rate: int = 16000,
     greeting_wait_s: float = 9.0,
-    answer_wait_s: float = 14.0,
+    answer_wait_s: float | Sequence[float] = 14.0,
 ) -> CallerScript:
     """Write ``caller.wav`` into ``out_dir``: silence for the greeting, then each question
-    followed by ``answer_wait_s`` of silence for the agent's answer."""
+    followed by ``answer_wait_s`` of silence for the agent's answer (one value for every
+    question, or one per question)."""
     if not questions:
         raise ValueError("the caller needs at least one question")
+    waits = (
+        [float(answer_wait_s)] * len(questions)
+        if isinstance(answer_wait_s, int | float)
+        else [float(w) for w in answer_wait_s]
+    )
+    if len(waits) != len(questions):
+        raise ValueError(f"{len(waits)} answer waits for {len(questions)} questions")
     out_dir.mkdir(parents=True, exist_ok=True)
     parts: list[Pcm] = [np.zeros(int(greeting_wait_s * sample_rate), dtype=np.int16)]
     cursor = greeting_wait_s
     schedule: list[ScheduledUtterance] = []
-    for text in questions:
+    for text, wait in zip(questions, waits, strict=True):
         speech = speak_espeak(text, sample_rate)
         start = cursor
         cursor += len(speech) / sample_rate
         schedule.append(ScheduledUtterance(text=text, start_s=start, end_s=cursor))
-        parts += [speech, np.zeros(int(answer_wait_s * sample_rate), dtype=np.int16)]
-        cursor += answer_wait_s
+        parts += [speech, np.zeros(int(wait * sample_rate), dtype=np.int16)]
+        cursor += wait
     samples = np.concatenate(parts)
     wav = out_dir / "caller.wav"
     write_wav(wav, samples, sample_rate)
