@@ -29,16 +29,6 @@ def test_load_of_unreachable_server_is_full() -> None:
     assert InferenceLoad("http://127.0.0.1:9", timeout=0.3)() == 1.0
 
 
-async def test_a_ceiling_keeps_the_worker_taking_calls_at_capacity() -> None:
-    """With the busy message on, a full server must not make LiveKit stop dispatching: the
-    job plays the message instead of the call ringing out."""
-    async with fake_inference() as srv:
-        load = InferenceLoad(srv.url, ceiling=0.89)
-        srv.active["llm"] = 12
-        assert await asyncio.to_thread(load) == 0.89
-    assert InferenceLoad("http://127.0.0.1:9", timeout=0.3, ceiling=0.89)() == 0.89
-
-
 def _agent_start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", "agent", "start", *args],
@@ -62,3 +52,21 @@ def test_agent_start_needs_livekit_settings() -> None:
     proc = _agent_start("--config", str(ROOT / "config" / "agent.yaml"))
     assert proc.returncode == 2
     assert "LIVEKIT_URL" in proc.stderr and "LIVEKIT_API_SECRET" in proc.stderr
+
+
+def test_the_job_decides_about_overload_unless_told_to_ring() -> None:
+    """busy_message/reject: the worker takes every call (its job plays the busy message or
+    rejects), since a worker reporting itself full leaves the caller ringing; ring: LiveKit's
+    own refusal at worker.load_threshold."""
+    import math
+
+    from worker.agent.runner import dispatch_threshold
+    from worker.config.agent import load_agent_config
+
+    cfg = load_agent_config(ROOT / "config" / "agent.yaml")
+    assert cfg.fallback.on_overload == "busy_message"
+    assert dispatch_threshold(cfg) == math.inf
+    ring = cfg.model_copy(
+        update={"fallback": cfg.fallback.model_copy(update={"on_overload": "ring"})}
+    )
+    assert dispatch_threshold(ring) == cfg.worker.load_threshold

@@ -5,6 +5,7 @@ server (fake_inference.py), no model needed."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from worker.agent.plugins import InferenceLLM, ServerError
 from worker.agent.plugins.llm import (
     DEFAULT_CONTEXT_TOKENS,
     history_budget_chars,
+    history_window,
     trim_messages,
 )
 
@@ -129,7 +131,8 @@ async def test_max_history_chars_is_configurable() -> None:
     sent = server.streams[0].start["messages"]
     assert sent[0]["role"] == "system" and sent[-1]["content"] == _user(TURNS - 1)
     assert _size(sent) <= budget
-    assert len(sent) == 1 + 3  # user, assistant, user: the newest turn and the one before
+    # Over budget, the window restarts at half of it: here only the newest turn fits.
+    assert sent[1:] == [{"role": "user", "content": _user(TURNS - 1)}]
 
 
 def test_newest_message_and_system_survive_a_tiny_budget() -> None:
@@ -159,7 +162,7 @@ async def test_payload_too_large_is_retried_once_with_half_the_history() -> None
     ctx = _long_call()
     # The estimate sends more than this server takes: the first try is refused.
     server = _RefusingServer(max_messages=45)
-    text = await _chat(server, ctx, max_history_chars=100_000)
+    text = await _chat(server, ctx, max_history_chars=100_000, context_tokens=100_000)
     assert text == "Hi, how can I help?"
     assert len(server.streams) == 2 and server.streams[0].ended == "error"
     assert server.streams[1].ended != "error"  # the tokens above came from this one
@@ -189,3 +192,24 @@ async def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ServerError):
         await _chat(server, ctx)
     assert len(server.streams) == 1
+
+
+def test_the_window_start_holds_until_the_budget_is_exceeded() -> None:
+    """The server reuses a call's KV cache for an unchanged prompt beginning: the window keeps
+    its start while it fits, and on overflow jumps to half the budget, not one turn ahead."""
+    system = {"role": "system", "content": "s" * 50}
+    history: list[dict[str, str]] = []
+    starts = []
+    start = 0
+    for i in range(30):
+        history += [{"role": "user", "content": f"q{i} " + "x" * 96}]
+        window, start = history_window([system, *history], 1000, start, low_water=0.5)
+        assert window[0] == system and window[-1] == history[-1]
+        assert _size(window) <= 1000
+        starts.append(start)
+        history += [{"role": "assistant", "content": f"a{i} " + "y" * 96}]
+    changes = sum(1 for a, b in itertools.pairwise(starts) if a != b)
+    # 30 turns of ~230 chars through a 1000-char window: a new start every ~2 turns at
+    # most, never on every turn.
+    assert 0 < changes <= len(starts) // 2
+    assert starts == sorted(starts)

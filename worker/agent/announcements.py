@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 
+from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins._client import InferenceClient
 from worker.config.agent import AgentConfig, FallbackMessages
 
@@ -187,6 +188,7 @@ class Announcer:
         async with self._lock:
             await self.start()
             self.played.append((name, time.monotonic()))
+            fault_metrics().messages.labels(message=name).inc()
             log.info("playing fallback message %r (%.1f s)", name, self._ann.duration_s(name))
             step = rate * _FRAME_MS // 1000
             samples = np.frombuffer(pcm, dtype=np.int16)

@@ -28,6 +28,7 @@ import aiohttp
 from livekit.agents import AgentSession, ChatMessage, ErrorEvent
 
 from worker.agent.announcements import Announcer
+from worker.agent.fault_metrics import fault_metrics
 from worker.config.agent import FallbackConfig
 
 __all__ = ["CallEnder", "CallGuard", "GuardState", "server_ready"]
@@ -89,6 +90,7 @@ class CallGuard:
             log.info("%s failed again while %s: %s", source, self.state, err)
             return
         self.faults += 1
+        fault_metrics().faults.labels(source=_plugin(ev.source)).inc()
         self.state = GuardState.HOLDING
         self.log.append(f"fault {self.faults}: {source}: {err}")
         log.warning(
@@ -102,6 +104,8 @@ class CallGuard:
             return
         self.state = GuardState.ENDING
         self.log.append(f"ending: {reason}")
+        outcome = "transferred" if self._cfg.transfer_to else "ended"
+        fault_metrics().outcomes.labels(outcome=outcome).inc()
         with contextlib.suppress(RuntimeError):
             self._session.interrupt(force=True)
         if self._cfg.transfer_to:
@@ -127,6 +131,7 @@ class CallGuard:
             await self.end(f"inference server not back within {self._cfg.recovery_timeout_s:g} s")
             return
         self.log.append("recovered")
+        fault_metrics().outcomes.labels(outcome="recovered").inc()
         log.info("inference server serves again: the call continues")
         self.state = GuardState.NORMAL
         await self._announcer.wait_idle()  # the hold message in flight ends first
@@ -165,3 +170,8 @@ class CallGuard:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _plugin(source: object) -> str:
+    name = type(source).__name__.lower()
+    return next((kind for kind in ("stt", "llm", "tts") if kind in name), "other")

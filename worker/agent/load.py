@@ -22,25 +22,18 @@ class InferenceLoad:
     """Callable ``() -> float`` in 0..1 for ``AgentServer(load_fnc=...)``.
 
     An unreachable server or one that is not ``accepting`` reports 1.0 (full), so LiveKit
-    sends calls to other workers instead of to one that cannot answer them. With ``ceiling``
-    the report never reaches it: the worker keeps taking calls at capacity so that each one
-    hears the busy message (or is rejected) at once instead of ringing until LiveKit's
-    ringing timeout with no worker to take it (``fallback.on_overload``).
+    sends calls to other workers instead of to one that cannot answer them.
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 0.4, ceiling: float = 1.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 0.4) -> None:
         self._url = base_url.rstrip("/") + "/v1/capacity"
         self._timeout = timeout
-        self._ceiling = ceiling
         # No proxies: this is loopback or LAN traffic.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._lock = threading.Lock()
         self._last_error = ""
 
     def __call__(self) -> float:
-        return min(self._ceiling, self._measure())
-
-    def _measure(self) -> float:
         try:
             with self._opener.open(self._url, timeout=self._timeout) as resp:
                 data = json.loads(resp.read())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import shutil
 import signal
@@ -63,14 +64,8 @@ def build_server(
 
     server = AgentServer(
         job_executor_type=JobExecutorType.PROCESS,
-        # Below the threshold always: a call beyond capacity still reaches a job, which plays
-        # the busy message or rejects it (fallback.on_overload) instead of ringing out.
-        load_fnc=InferenceLoad(
-            inference_url,
-            timeout=cfg.inference.capacity_timeout_s,
-            ceiling=cfg.worker.load_threshold * 0.99,
-        ),
-        load_threshold=cfg.worker.load_threshold,
+        load_fnc=InferenceLoad(inference_url, timeout=cfg.inference.capacity_timeout_s),
+        load_threshold=dispatch_threshold(cfg),
         num_idle_processes=cfg.worker.num_idle_processes,
         drain_timeout=cfg.worker.drain_timeout_s,
         initialize_process_timeout=cfg.worker.initialize_process_timeout_s,
@@ -81,6 +76,20 @@ def build_server(
     )
     server.rtc_session(entrypoint, agent_name=cfg.worker.agent_name)
     return server
+
+
+def dispatch_threshold(cfg: AgentConfig) -> float:
+    """The load above which LiveKit stops dispatching calls to this worker.
+
+    With ``fallback.on_overload`` ``busy_message`` or ``reject`` the job decides (it reads the
+    inference server's capacity and plays the busy message or rejects the call at once), so
+    the worker takes every call: a worker reporting itself full would leave the caller ringing
+    until LiveKit's ringing timeout. The reported load still steers LiveKit's choice among
+    workers. ``ring`` keeps LiveKit's own refusal at ``worker.load_threshold``.
+    """
+    if cfg.fallback.on_overload == "ring":
+        return cfg.worker.load_threshold
+    return math.inf
 
 
 class _Readiness:

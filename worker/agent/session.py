@@ -39,6 +39,7 @@ from livekit.plugins import silero
 
 from worker.agent.announcements import Announcements, Announcer, load_announcements
 from worker.agent.call_guard import CallGuard
+from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
 from worker.agent.plugins._client import StreamDeadlines
 from worker.agent.turn_metrics import TurnMetricsLog
@@ -127,6 +128,7 @@ def stream_deadlines(fb: FallbackConfig) -> StreamDeadlines:
     return StreamDeadlines(
         stt=fb.stt_final_timeout_s,
         llm=fb.llm_reply_timeout_s,
+        llm_first=fb.llm_first_token_timeout_s,
         tts=fb.tts_audio_timeout_s,
         heartbeat=fb.heartbeat_s,
     )
@@ -205,9 +207,15 @@ async def entrypoint(ctx: JobContext) -> None:
         await ctx.delete_room()
         ctx.shutdown(reason=reason)
 
-    if not await accepting_calls(url, cfg.inference.capacity_timeout_s) and not recovered:
+    overload = cfg.fallback.on_overload
+    if (
+        overload != "ring"
+        and not recovered
+        and not await accepting_calls(url, cfg.inference.capacity_timeout_s)
+    ):
         # Beyond capacity: never answer into silence, never let it ring for nothing.
-        if cfg.fallback.on_overload == "reject":
+        fault_metrics().refused.labels(action=overload).inc()
+        if overload == "reject":
             logger.warning("call %s refused: the inference server is at capacity", call_id)
             await ctx.delete_room()
             ctx.shutdown(reason="at capacity: rejected")
@@ -227,6 +235,7 @@ async def entrypoint(ctx: JobContext) -> None:
         **link,
         max_tokens=cfg.llm.max_tokens,
         context_tokens=cfg.llm.context_tokens,
+        max_history_chars=cfg.llm.max_history_chars,
         temperature=cfg.llm.temperature,
         top_p=cfg.llm.top_p,
     )

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from livekit import api
 
+from worker.agent.fault_metrics import fault_metrics
+
 if TYPE_CHECKING:
     from livekit.agents import AgentServer
 
@@ -55,6 +57,7 @@ async def redispatch_if_orphaned(
             metadata=json.dumps({RECOVERY_METADATA_KEY: reason}),
         )
     )
+    fault_metrics().redispatched.inc()
     log.warning("re-dispatched %s to room %s (%s)", agent_name, room, reason)
     return True
 

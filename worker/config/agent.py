@@ -61,6 +61,11 @@ class LLMSettings(_Strict):
     context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
     """The server model's context per call (the inference config's ``llm.n_ctx``): the chat
     history sent is trimmed to fit it with the reply, so a long call never overflows."""
+    max_history_chars: Annotated[int, Field(ge=200)] = 2400
+    """At most this much chat history per request (fewer if the context is smaller). A phone
+    answer needs the last few turns, and the first answer after a trim prefills the whole
+    window: about 600 tokens, measured 8.4 ms each on the 2-core CPU box with the bundled
+    model. Raise it on a GPU."""
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.6
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
 
@@ -94,6 +99,8 @@ class WorkerConfig(_Strict):
     """Explicit dispatch name: dispatch rules and rooms name it in ``room_config.agents``."""
     num_idle_processes: Annotated[int, Field(ge=0, le=64)] = 1
     load_threshold: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """Load at which LiveKit stops dispatching to this worker; only with
+    ``fallback.on_overload: ring`` (else the job itself answers a call beyond capacity)."""
     drain_timeout_s: Annotated[int, Field(ge=1)] = 3600
     initialize_process_timeout_s: Seconds = 60.0
     """Job processes import livekit-agents and load Silero; 10 s (the default) is too short
@@ -138,14 +145,18 @@ class FallbackConfig(_Strict):
     hold_repeat_s: Seconds = 7.0
     max_faults_per_call: Annotated[int, Field(ge=1, le=100)] = 3
     """After this many faults in one call it is transferred or ended instead of held again."""
-    on_overload: Literal["busy_message", "reject"] = "busy_message"
-    """A call beyond the inference server's capacity: hear ``busy`` and hang up, or be
-    rejected before it is answered (the room is deleted; livekit-sip answers the INVITE with
-    an error)."""
+    on_overload: Literal["busy_message", "reject", "ring"] = "busy_message"
+    """A call beyond the inference server's capacity: hear ``busy`` and be hung up; be
+    rejected before it is answered (the room is deleted, livekit-sip ends the INVITE); or
+    ``ring``: the worker reports itself full (``worker.load_threshold``), LiveKit dispatches
+    no job and the call rings until the trunk's ringing timeout (the PBX may overflow it)."""
     stt_final_timeout_s: Seconds = 2.5
     """Deadline for a final transcript after the end of the caller's speech (a flush)."""
+    llm_first_token_timeout_s: Seconds = 6.0
+    """Deadline for the LLM's first token: it includes prefilling the prompt, which after a
+    history trim takes seconds on a CPU. A hung server is noticed sooner by the heartbeat."""
     llm_reply_timeout_s: Seconds = 2.5
-    """Deadline for the LLM's first token, and then for each next one."""
+    """Deadline for each next LLM token."""
     tts_audio_timeout_s: Seconds = 2.5
     """Deadline for TTS audio once the text to speak is complete (flush or end of input)."""
     heartbeat_s: Seconds = 2.0

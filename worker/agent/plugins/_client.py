@@ -78,6 +78,8 @@ class StreamDeadlines:
 
     stt: float | None = None
     llm: float | None = None
+    llm_first: float | None = None
+    """The LLM's first token (the prompt's prefill comes first); ``None``: ``llm``."""
     tts: float | None = None
     heartbeat: float | None = None
 
@@ -103,9 +105,12 @@ class InferenceStream:
         *,
         reply_timeout: float | None = None,
         expect_now: bool = False,
+        first_reply_timeout: float | None = None,
     ) -> None:
         self._ws = ws
         self._reply_timeout = reply_timeout
+        # Until the first frame arrives (``expect_now`` streams), this one applies instead.
+        self._first_timeout = first_reply_timeout if expect_now else None
         self._due = 1 if expect_now else 0
         self._due_since = time.monotonic()
 
@@ -127,13 +132,14 @@ class InferenceStream:
             try:
                 msg = await self._ws.receive(timeout=_POLL_S)
             except TimeoutError:
-                if self._due and time.monotonic() - self._due_since > self._reply_timeout:
+                limit = self._first_timeout or self._reply_timeout
+                if self._due and time.monotonic() - self._due_since > limit:
                     raise APITimeoutError(
-                        f"inference server sent nothing for {self._reply_timeout:g} s "
-                        "while an answer was due"
+                        f"inference server sent nothing for {limit:g} s while an answer was due"
                     ) from None
                 continue
             self._due_since = time.monotonic()  # any frame is progress
+            self._first_timeout = None
             return msg
 
     async def send_json(self, obj: dict[str, Any]) -> None:
@@ -266,7 +272,10 @@ class InferenceClient:
             raise APIConnectionError(f"cannot reach the inference server at {url}: {err}") from err
         op = str(start.get("op", ""))
         stream = InferenceStream(
-            ws, reply_timeout=self.deadlines.for_op(op), expect_now=op == "llm"
+            ws,
+            reply_timeout=self.deadlines.for_op(op),
+            expect_now=op == "llm",
+            first_reply_timeout=self.deadlines.llm_first if op == "llm" else None,
         )
         try:
             await stream.send_json(start)

@@ -44,6 +44,7 @@ __all__ = [
     "ToolCallParser",
     "chat_ctx_to_messages",
     "history_budget_chars",
+    "history_window",
     "trim_messages",
 ]
 
@@ -121,6 +122,11 @@ def chat_ctx_to_messages(
     return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + rest
 
 
+HISTORY_LOW_WATER = 0.5
+"""When the history outgrows its budget, the window restarts at half of it (see
+:func:`history_window`)."""
+
+
 def history_budget_chars(context_tokens: int, max_tokens: int) -> int:
     """Characters of prompt (contents plus per-message overhead) that fit ``context_tokens``
     together with a reply of ``max_tokens``, estimated at ~4 characters per token with a
@@ -141,21 +147,40 @@ def trim_messages(messages: list[dict[str, str]], max_chars: int) -> list[dict[s
     assistant message starts at the next user message instead, so the history still opens
     with the caller's turn.
     """
+    return history_window(messages, max_chars)[0]
+
+
+def history_window(
+    messages: list[dict[str, str]], max_chars: int, start: int = 0, *, low_water: float = 1.0
+) -> tuple[list[dict[str, str]], int]:
+    """Like :func:`trim_messages`, but keeping the window's start where it was (``start``, an
+    index into the non-system messages) while the window fits ``max_chars``; when it no longer
+    does, the start jumps ahead until what is left fits ``low_water * max_chars``. Returns the
+    messages to send and the new start.
+
+    Why: the server keeps each call's KV cache, so a prompt whose beginning did not change is
+    only prefilled for its new turn; sliding the window by one turn per request would change
+    the beginning every time and re-prefill the whole history (seconds on a CPU). Dropping
+    many old turns at once re-prefills once every several turns instead.
+    """
     systems = [m for m in messages if m["role"] == "system"]
     rest = [m for m in messages if m["role"] != "system"]
     room = max_chars - sum(_cost(m) for m in systems)
-    keep = 0
-    for message in reversed(rest):
-        room -= _cost(message)
-        if room < 0 and keep > 0:
-            break
-        keep += 1
-    if keep == len(rest):
-        return list(messages)
-    window = rest[len(rest) - keep :]
-    while len(window) > 1 and window[0]["role"] != "user":
-        window = window[1:]
-    return systems + window
+    start = max(0, min(start, len(rest) - 1))
+    if sum(_cost(m) for m in rest[start:]) > room:
+        left = room * low_water
+        keep = 0
+        for message in reversed(rest):
+            left -= _cost(message)
+            if left < 0 and keep > 0:
+                break
+            keep += 1
+        start = len(rest) - keep
+    while start < len(rest) - 1 and rest[start]["role"] != "user":
+        start += 1
+    if start == 0:
+        return list(messages), 0
+    return systems + rest[start:], start
 
 
 def _halve_history(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
@@ -279,8 +304,8 @@ class InferenceLLM(InferencePlugin, llm.LLM):
         max_history_chars: int | None = None,
     ) -> None:
         """``context_tokens`` is the server model's context window; the chat history sent is
-        trimmed to ``max_history_chars`` (default: :func:`history_budget_chars` of
-        ``context_tokens`` and the request's ``max_tokens``)."""
+        trimmed to the smaller of ``max_history_chars`` and :func:`history_budget_chars` of
+        ``context_tokens`` and the request's ``max_tokens``."""
         super().__init__()
         self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._max_tokens = max_tokens
@@ -289,12 +314,14 @@ class InferenceLLM(InferencePlugin, llm.LLM):
         self._context_tokens = context_tokens
         self._max_history_chars = max_history_chars
         self._trim_logged = False
+        self._history_start = 0  # the call's history window (see history_window)
 
     def history_budget(self, max_tokens: int) -> int:
         """Characters of prompt a request with a ``max_tokens`` reply may send."""
+        fits = history_budget_chars(self._context_tokens, max_tokens)
         if self._max_history_chars is not None:
-            return self._max_history_chars
-        return history_budget_chars(self._context_tokens, max_tokens)
+            return min(self._max_history_chars, fits)
+        return fits
 
     def chat(
         self,
@@ -352,7 +379,12 @@ class InferenceLLMStream(llm.LLMStream):
             if key in self._extra:
                 start[key] = self._extra[key]
         full = chat_ctx_to_messages(self._chat_ctx, self._tools)
-        messages = trim_messages(full, owner.history_budget(int(start["max_tokens"])))
+        messages, owner._history_start = history_window(
+            full,
+            owner.history_budget(int(start["max_tokens"])),
+            owner._history_start,
+            low_water=HISTORY_LOW_WATER,
+        )
         if len(messages) < len(full) and not owner._trim_logged:
             owner._trim_logged = True
             logger.info(
