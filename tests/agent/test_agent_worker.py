@@ -29,6 +29,14 @@ def test_load_of_unreachable_server_is_full() -> None:
     assert InferenceLoad("http://127.0.0.1:9", timeout=0.3)() == 1.0
 
 
+async def test_a_ceiling_keeps_a_full_worker_dispatchable() -> None:
+    async with fake_inference() as srv:
+        load = InferenceLoad(srv.url, ceiling=0.95)
+        srv.active["llm"] = 12  # full, not accepting
+        assert await asyncio.to_thread(load) == 0.95
+    assert InferenceLoad("http://127.0.0.1:9", timeout=0.3, ceiling=0.95)() == 0.95
+
+
 def _agent_start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", "agent", "start", *args],

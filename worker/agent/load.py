@@ -22,18 +22,26 @@ class InferenceLoad:
     """Callable ``() -> float`` in 0..1 for ``AgentServer(load_fnc=...)``.
 
     An unreachable server or one that is not ``accepting`` reports 1.0 (full), so LiveKit
-    sends calls to other workers instead of to one that cannot answer them.
+    sends calls to other workers instead of to one that cannot answer them. With ``ceiling``
+    the report stays below it: livekit-server dispatches only to workers whose load is under
+    its ``agents.target_load`` (1.0 in our livekit-server.yaml), so a capped worker still gets
+    the call beyond capacity, and its job plays the busy message (``fallback.on_overload``)
+    instead of the caller ringing until the trunk's ringing timeout.
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 0.4) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 0.4, ceiling: float = 1.0) -> None:
         self._url = base_url.rstrip("/") + "/v1/capacity"
         self._timeout = timeout
+        self._ceiling = ceiling
         # No proxies: this is loopback or LAN traffic.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._lock = threading.Lock()
         self._last_error = ""
 
     def __call__(self) -> float:
+        return min(self._ceiling, self._measure())
+
+    def _measure(self) -> float:
         try:
             with self._opener.open(self._url, timeout=self._timeout) as resp:
                 data = json.loads(resp.read())

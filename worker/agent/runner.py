@@ -64,7 +64,11 @@ def build_server(
 
     server = AgentServer(
         job_executor_type=JobExecutorType.PROCESS,
-        load_fnc=InferenceLoad(inference_url, timeout=cfg.inference.capacity_timeout_s),
+        load_fnc=InferenceLoad(
+            inference_url,
+            timeout=cfg.inference.capacity_timeout_s,
+            ceiling=1.0 if cfg.fallback.on_overload == "ring" else LOAD_CEILING,
+        ),
         load_threshold=dispatch_threshold(cfg),
         num_idle_processes=cfg.worker.num_idle_processes,
         drain_timeout=cfg.worker.drain_timeout_s,
@@ -78,14 +82,22 @@ def build_server(
     return server
 
 
+LOAD_CEILING = 0.95
+"""The highest load a worker reports unless ``fallback.on_overload`` is ``ring``: below
+livekit-server's ``agents.target_load`` (1.0 in livekit-server.yaml), which it must stay under
+to be sent a job (docs/livekit.md)."""
+
+
 def dispatch_threshold(cfg: AgentConfig) -> float:
-    """The load above which LiveKit stops dispatching calls to this worker.
+    """The load above which the worker itself declines calls.
 
     With ``fallback.on_overload`` ``busy_message`` or ``reject`` the job decides (it reads the
     inference server's capacity and plays the busy message or rejects the call at once), so
-    the worker takes every call: a worker reporting itself full would leave the caller ringing
-    until LiveKit's ringing timeout. The reported load still steers LiveKit's choice among
-    workers. ``ring`` keeps LiveKit's own refusal at ``worker.load_threshold``.
+    the worker takes every call and reports at most :data:`LOAD_CEILING`: a worker that
+    declines, or reports a load at livekit-server's target, leaves the caller ringing until
+    the trunk's ringing timeout (measured: 15 s, then livekit-sip answers 486). The reported
+    load still steers LiveKit's choice among workers. ``ring`` keeps the refusal at
+    ``worker.load_threshold``.
     """
     if cfg.fallback.on_overload == "ring":
         return cfg.worker.load_threshold
