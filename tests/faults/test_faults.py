@@ -135,53 +135,48 @@ def test_inference_hung_mid_answer(fault_stack: Any, place: Any, tmp_path: Path)
     _assert_nothing_left(fault_stack)
 
 
-def test_overloaded_after_answer(fault_stack: Any, place: Any, tmp_path: Path) -> None:
-    url = fault_stack.inference_url
-    call = place(
-        questions=TWO,
-        inject=lambda: arm_fault(url, "llm", "overload", count=1),
-        after_utterance=2,  # armed as the caller finishes: the reply is refused
-    )
-    _assert_greeted_and_answered_first(call)
-    _assert_audio_again(call)
-    assert call.answered_after(2) and not call.ended_early()
-    _report("inference server refuses the answer: overloaded", call, "continued", tmp_path)
-    _assert_nothing_left(fault_stack)
+ENGINE_FAULTS = [
+    # engine, fault, count, caller's wait after the question, server restarts, report name
+    ("llm", "overload", 1, 14.0, 0, "inference server refuses the answer: overloaded"),
+    ("llm", "kill_owner", 1, 20.0, 1, "LLM owner thread dies"),
+    # Up to three failed replies before /readyz turns red and the server is restarted.
+    ("tts", "fail_steps", -1, 30.0, 1, "TTS engine fails every step"),
+]
 
 
-def test_engine_owner_thread_dies(fault_stack: Any, place: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("engine", "fault", "count", "wait_s", "restarts", "name"),
+    ENGINE_FAULTS,
+    ids=[f"{e}-{f}" for e, f, *_ in ENGINE_FAULTS],
+)
+def test_engine_fault_as_the_caller_finishes(
+    fault_stack: Any,
+    place: Any,
+    tmp_path: Path,
+    engine: str,
+    fault: str,
+    count: int,
+    wait_s: float,
+    restarts: int,
+    name: str,
+) -> None:
+    """Armed as the caller finishes the second question: that answer fails in the engine, the
+    caller hears the hold message, /readyz turns red where the engine cannot serve (the
+    supervisor restarts the server), and the call goes on."""
     sup = fault_stack.voice
     url = fault_stack.inference_url
-    restarts = sup.child("inference").restarts
+    before = sup.child("inference").restarts
     call = place(
         questions=TWO,
-        inject=lambda: arm_fault(url, "llm", "kill_owner", count=1),
+        inject=lambda: arm_fault(url, engine, fault, count=count),
         after_utterance=2,
-        answer_wait_s=20.0,
+        answer_wait_s=wait_s,
     )
     _assert_greeted_and_answered_first(call)
     _assert_audio_again(call)
-    assert sup.child("inference").restarts == restarts + 1, "/readyz did not turn red"
-    assert not call.ended_early()
-    _report("LLM owner thread dies", call, "continued", tmp_path)
-    _assert_nothing_left(fault_stack)
-
-
-def test_engine_fails_every_step(fault_stack: Any, place: Any, tmp_path: Path) -> None:
-    sup = fault_stack.voice
-    url = fault_stack.inference_url
-    restarts = sup.child("inference").restarts
-    call = place(
-        questions=TWO,
-        inject=lambda: arm_fault(url, "tts", "fail_steps"),
-        after_utterance=2,
-        answer_wait_s=30.0,  # up to three failed replies before /readyz turns red
-    )
-    _assert_greeted_and_answered_first(call)
-    _assert_audio_again(call)
-    assert sup.child("inference").restarts == restarts + 1, "/readyz did not turn red"
-    assert not call.ended_early()
-    _report("TTS engine fails every step", call, "continued", tmp_path)
+    assert sup.child("inference").restarts == before + restarts
+    assert call.answered_after(2) and not call.ended_early(), "the call did not go on"
+    _report(name, call, "continued", tmp_path)
     _assert_nothing_left(fault_stack)
 
 
@@ -204,19 +199,29 @@ def test_job_process_killed(fault_stack: Any, place: Any, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("helper", ["forkserver", "resource_tracker"])
 def test_worker_helper_killed(fault_stack: Any, place: Any, tmp_path: Path, helper: str) -> None:
+    """The worker notices, reports unready and exits to be restarted; the call in progress
+    hears the goodbye and is hung up (its job cannot outlive the worker); the next call is
+    answered by the restarted worker."""
     sup = fault_stack.voice
     agent = sup.child("agent")
     assert agent.pid is not None
-    helper_process(agent.pid, helper).kill()
-    # The worker notices, reports unready, exits and is restarted by the supervisor.
+    call = place(
+        questions=TWO,
+        inject=lambda: helper_process(agent.pid, helper).kill(),
+        after_utterance=1,
+        delay_s=4.0,  # during the answer or just after it
+    )
+    _assert_greeted_and_answered_first(call)
+    _assert_audio_again(call)
+    assert call.ended_early(), "the call was not ended after the worker lost its helper"
     assert sup.wait_for(
         lambda st: next(c for c in st if c.name == "agent").restarts == agent.restarts + 1, 30
     ), "the worker was not restarted after its helper died"
+    _report(f"worker {helper} SIGKILL mid-call", call, "goodbye + hung up", tmp_path)
     _wait_serving(fault_stack)
-    call = place(questions=TWO[:1])
-    _assert_greeted_and_answered_first(call)
-    _report(f"worker {helper} SIGKILL (between calls)", call, "next call answered", tmp_path)
     _assert_nothing_left(fault_stack)
+    after = place(questions=TWO[:1])
+    _assert_greeted_and_answered_first(after)
 
 
 def test_livekit_server_restarted(fault_stack: Any, place: Any, tmp_path: Path) -> None:

@@ -205,7 +205,7 @@ async def entrypoint(ctx: JobContext) -> None:
                 await announcer.play("goodbye")
         logger.warning("ending call %s: %s", call_id, reason)
         await ctx.delete_room()
-        ctx.shutdown(reason=reason)
+        ctx.shutdown(reason=reason)  # a no-op when the job is already shutting down
 
     overload = cfg.fallback.on_overload
     if (
@@ -260,13 +260,19 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     guard = CallGuard(session, announcer, cfg.fallback, inference_url=url, end_call=_end_call)
 
-    async def _close_plugins() -> None:
+    async def _on_shutdown(reason: str) -> None:
+        # The job ends while the caller is still on the line (the worker restarts after losing
+        # a helper process, or a drain timed out): a goodbye (or the transfer) and a hang-up,
+        # never a caller left in a room nobody speaks in.
+        if ctx.room.isconnected() and _caller(ctx.room) is not None:
+            logger.warning("job ending with the caller on the line (%s): ending the call", reason)
+            await guard.end(f"the agent is shutting down: {reason}")
         await guard.aclose()
         await asyncio.gather(
             stt.aclose(), llm.aclose(), tts.aclose(), announcer.aclose(), return_exceptions=True
         )
 
-    ctx.add_shutdown_callback(_close_plugins)
+    ctx.add_shutdown_callback(_on_shutdown)
     metrics = TurnMetricsLog(call_id)
 
     @session.on("conversation_item_added")
