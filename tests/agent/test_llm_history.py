@@ -213,3 +213,12 @@ def test_the_window_start_holds_until_the_budget_is_exceeded() -> None:
     # most, never on every turn.
     assert 0 < changes <= len(starts) // 2
     assert starts == sorted(starts)
+
+
+def test_a_history_that_fits_is_sent_whole_even_if_it_opens_with_the_greeting() -> None:
+    greeting = [
+        {"role": "system", "content": "be brief"},
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "user", "content": "What are your opening hours?"},
+    ]
+    assert history_window(greeting, 2400, 0, low_water=0.5) == (greeting, 0)

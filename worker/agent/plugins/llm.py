@@ -176,8 +176,10 @@ def history_window(
                 break
             keep += 1
         start = len(rest) - keep
-    while start < len(rest) - 1 and rest[start]["role"] != "user":
-        start += 1
+        # A trimmed window opens with the caller's turn (an untrimmed one is sent as it is:
+        # the history may well start with the agent's greeting).
+        while start < len(rest) - 1 and rest[start]["role"] != "user":
+            start += 1
     if start == 0:
         return list(messages), 0
     return systems + rest[start:], start
