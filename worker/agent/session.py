@@ -223,7 +223,8 @@ async def entrypoint(ctx: JobContext) -> None:
         await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
         logger.warning("call %s: inference server at capacity; playing the busy message", call_id)
         await announcer.play("busy")
-        await _end_call("at capacity: busy message played")
+        await ctx.delete_room()  # the message says "call again": hang up, no transfer
+        ctx.shutdown(reason="at capacity: busy message played")
         return
 
     stt = InferenceSTT(
