@@ -73,14 +73,23 @@ class WebRTCCaller:
         agent_track: asyncio.Future[rtc.RemoteAudioTrack] = (
             asyncio.get_running_loop().create_future()
         )
+        later_tracks: list[rtc.RemoteAudioTrack] = []
 
         @room.on("track_subscribed")
         def _on_track(
             track: rtc.Track, pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
         ) -> None:
-            if isinstance(track, rtc.RemoteAudioTrack) and not agent_track.done():
+            if not isinstance(track, rtc.RemoteAudioTrack):
+                return
+            if not agent_track.done():
                 logger.info("agent %s answered (audio track subscribed)", who.identity)
                 agent_track.set_result(track)
+            elif recorder is not None:
+                recorder.add(track)  # the caller hears every agent track, mixed
+            else:
+                later_tracks.append(track)
+
+        recorder: _Recorder | None = None
 
         # The agent also sends its transcript and session state as data streams; the caller
         # only listens to audio, so drain them (unhandled topics are logged once per stream).
@@ -115,8 +124,9 @@ class WebRTCCaller:
                 f"(is a worker registered as {self._agent_name!r}?)"
             ) from None
         t0 = time.monotonic()
-        recorder = _Recorder(track, rate, t0)
-        rec_task = asyncio.create_task(recorder.run(), name="caller-recorder")
+        recorder = _Recorder(rate, t0)
+        for heard in (track, *later_tracks):
+            recorder.add(heard)
         play_task = asyncio.create_task(_play(source, samples, rate), name="caller-player")
         hung_up_early = False
         try:
@@ -133,10 +143,9 @@ class WebRTCCaller:
                 await asyncio.sleep(self._tail_s)
         finally:
             play_task.cancel()
-            rec_task.cancel()
             for task in drains:
                 task.cancel()
-            await asyncio.gather(play_task, rec_task, *drains, return_exceptions=True)
+            await asyncio.gather(play_task, recorder.aclose(), *drains, return_exceptions=True)
             await room.disconnect()
         return CallRecording(
             samples=recorder.samples(),
@@ -164,41 +173,56 @@ async def _play(source: rtc.AudioSource, samples: Pcm, rate: int) -> None:
 
 
 class _Recorder:
-    """Collects the agent's audio at ``rate`` on the call clock; tracks live speech onsets."""
+    """Collects the agent's audio at ``rate`` on the call clock, every agent track mixed (the
+    session's voice and the fallback announcements are separate tracks, as a phone leg hears
+    them mixed); tracks live speech onsets."""
 
-    def __init__(self, track: rtc.RemoteAudioTrack, rate: int, t0: float) -> None:
-        self._track = track
+    def __init__(self, rate: int, t0: float) -> None:
         self._rate = rate
         self._t0 = t0
-        self._chunks: list[Pcm] = []
+        self._buf = np.zeros(rate * 60, dtype=np.int32)
         self._length = 0
         self._speech_times: list[float] = []
         self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def run(self) -> None:
-        stream = rtc.AudioStream.from_track(
-            track=self._track, sample_rate=self._rate, num_channels=1
-        )
+    def add(self, track: rtc.RemoteAudioTrack) -> None:
+        """Start recording ``track`` into the mix."""
+        self._tasks.append(asyncio.create_task(self._run(track), name="caller-recorder"))
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, track: rtc.RemoteAudioTrack) -> None:
+        stream = rtc.AudioStream.from_track(track=track, sample_rate=self._rate, num_channels=1)
+        cursor = 0  # where this track's previous frame ended
         try:
             async for ev in stream:
-                data = np.frombuffer(ev.frame.data, dtype=np.int16).copy()
-                # Place the frame at its arrival time: fill any gap (no frames while the agent
-                # is silent or the network stalls) with silence so time stays aligned.
+                data = np.frombuffer(ev.frame.data, dtype=np.int16)
+                # Place the frame at its arrival time unless it follows the track's previous
+                # frame closely (no frames while a track is silent or the network stalls).
                 arrival = int((time.monotonic() - self._t0) * self._rate) - len(data)
-                if arrival - self._length > self._rate // 10:
-                    self._append(np.zeros(arrival - self._length, dtype=np.int16))
-                start_s = self._length / self._rate
-                self._append(data)
+                at = arrival if arrival - cursor > self._rate // 10 else cursor
+                at = max(at, 0)
+                self._mix(at, data)
+                cursor = at + len(data)
                 rms = float(np.sqrt(np.mean((data.astype(np.float64) / 32768.0) ** 2) + 1e-12))
                 if 20 * np.log10(rms) > SPEECH_DBFS:
-                    self._speech_times.append(start_s)
+                    self._speech_times.append(at / self._rate)
                     self._changed.set()
         finally:
             await stream.aclose()
 
-    def _append(self, data: Pcm) -> None:
-        self._chunks.append(data)
-        self._length += len(data)
+    def _mix(self, at: int, data: Pcm) -> None:
+        end = at + len(data)
+        if end > len(self._buf):
+            grown = np.zeros(max(end, 2 * len(self._buf)), dtype=np.int32)
+            grown[: len(self._buf)] = self._buf
+            self._buf = grown
+        self._buf[at:end] += data
+        self._length = max(self._length, end)
 
     async def wait_for_speech_after(self, after_s: float, limit_s: float) -> float | None:
         """Wait until speech is heard later than ``after_s`` (call clock); None on timeout."""
@@ -217,6 +241,4 @@ class _Recorder:
                 return None
 
     def samples(self) -> Pcm:
-        if not self._chunks:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(self._chunks)
+        return np.clip(self._buf[: self._length], -32768, 32767).astype(np.int16)
