@@ -82,6 +82,9 @@ def build_server(
     return server
 
 
+END_CALLS_TIMEOUT_S = 20.0
+"""How long a worker that must exit waits for its jobs to say goodbye and hang up."""
+
 LOAD_CEILING = 0.95
 """The highest load a worker reports unless ``fallback.on_overload`` is ``ring``: below
 livekit-server's ``agents.target_load`` (1.0 in livekit-server.yaml), which it must stay under
@@ -145,7 +148,7 @@ async def serve(
     with ``prometheus_port``, ``/metrics`` listens on ``worker.http_host``.
     """
     from worker.agent.announcements import ensure_rendered
-    from worker.agent.watchdog import HelperWatch, JobWatchdog
+    from worker.agent.watchdog import HelperWatch, JobWatchdog, end_live_calls
 
     # Fallback audio first: no call may be taken without it (it plays when inference cannot).
     await ensure_rendered(cfg, inference_url)
@@ -184,9 +187,11 @@ async def serve(
             return 1
         if helper_task in done:
             # Without its forkserver or resource tracker the worker cannot start the next
-            # call's process: report unready and exit so that the supervisor restarts it.
+            # call's process: report unready, end the live calls with a goodbye (their jobs
+            # cannot outlive the worker) and exit so that the supervisor restarts it.
             readiness.broken = helper_task.result()
             logger.critical("%s: the worker stops to be restarted", readiness.broken)
+            await end_live_calls(server, timeout_s=END_CALLS_TIMEOUT_S)
             return 1
         readiness.draining = True
         logger.info("signal received: draining live calls (up to %ss)", cfg.worker.drain_timeout_s)

@@ -43,6 +43,7 @@ from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
 from worker.agent.plugins._client import StreamDeadlines
 from worker.agent.turn_metrics import TurnMetricsLog
+from worker.agent.watchdog import END_CALL_SIGNAL
 from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config
 
 __all__ = [
@@ -274,6 +275,18 @@ async def entrypoint(ctx: JobContext) -> None:
         )
 
     ctx.add_shutdown_callback(_on_shutdown)
+
+    def _worker_going_away() -> None:
+        # The worker's main process is about to exit (worker.agent.watchdog.end_live_calls).
+        task = asyncio.create_task(guard.end("the agent worker is restarting"))
+        ending.add(task)
+        task.add_done_callback(ending.discard)
+
+    ending: set[asyncio.Task[None]] = set()
+    try:
+        asyncio.get_running_loop().add_signal_handler(END_CALL_SIGNAL, _worker_going_away)
+    except (NotImplementedError, RuntimeError, ValueError) as err:  # not the main thread
+        logger.warning("cannot end calls on the worker's signal: %s", err)
     metrics = TurnMetricsLog(call_id)
 
     @session.on("conversation_item_added")

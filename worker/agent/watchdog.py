@@ -15,11 +15,14 @@ the watch notices either one dying so that the worker can report unready and be 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +33,17 @@ from worker.agent.fault_metrics import fault_metrics
 if TYPE_CHECKING:
     from livekit.agents import AgentServer
 
-__all__ = ["HelperWatch", "JobWatchdog", "redispatch_if_orphaned"]
+__all__ = [
+    "END_CALL_SIGNAL",
+    "HelperWatch",
+    "JobWatchdog",
+    "end_live_calls",
+    "redispatch_if_orphaned",
+]
+
+END_CALL_SIGNAL = signal.SIGUSR1
+"""Sent by the worker's main process to a job process whose call must end now (the worker is
+going away): the job plays the goodbye (or transfers) and hangs up (worker.agent.session)."""
 
 log = logging.getLogger("voicestack.agent")
 
@@ -60,6 +73,25 @@ async def redispatch_if_orphaned(
     fault_metrics().redispatched.inc()
     log.warning("re-dispatched %s to room %s (%s)", agent_name, room, reason)
     return True
+
+
+async def end_live_calls(server: AgentServer, *, timeout_s: float) -> None:
+    """Ask every job process that runs a call to end it (goodbye or transfer, then hang up) and
+    wait until they are done, at most ``timeout_s``: the worker is about to exit, and its
+    jobs cannot outlive it."""
+    pool = getattr(server, "_proc_pool", None)
+    procs = [p for p in (pool.processes if pool is not None else []) if p.running_job]
+    for proc in procs:
+        if proc.pid is not None:
+            log.warning(
+                "ending the call in job %s before the worker exits", proc.running_job.job.id
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, END_CALL_SIGNAL)
+    deadline = time.monotonic() + timeout_s
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if p.exitcode is None and p.running_job]
+        await asyncio.sleep(0.2)
 
 
 class JobWatchdog:
