@@ -191,7 +191,7 @@ async def serve(
             # cannot outlive the worker) and exit so that the supervisor restarts it.
             readiness.broken = helper_task.result()
             logger.critical("%s: the worker stops to be restarted", readiness.broken)
-            await end_live_calls(server, timeout_s=END_CALLS_TIMEOUT_S)
+            await end_live_calls(server, watchdog, timeout_s=END_CALLS_TIMEOUT_S)
             return 1
         readiness.draining = True
         logger.info("signal received: draining live calls (up to %ss)", cfg.worker.drain_timeout_s)

@@ -75,12 +75,16 @@ async def redispatch_if_orphaned(
     return True
 
 
-async def end_live_calls(server: AgentServer, *, timeout_s: float) -> None:
-    """Ask every job process that runs a call to end it (goodbye or transfer, then hang up) and
-    wait until they are done, at most ``timeout_s``: the worker is about to exit, and its
-    jobs cannot outlive it."""
+async def end_live_calls(server: AgentServer, watchdog: JobWatchdog, *, timeout_s: float) -> None:
+    """Ask every job process that runs a call to end it (goodbye or transfer, then hang up),
+    wait until they are done (at most ``timeout_s``), then delete the rooms of those calls
+    that still exist: the worker is about to exit, its jobs cannot outlive it, and no caller
+    may be left in a room nobody speaks in. ``watchdog`` stops re-dispatching first: these
+    jobs end on purpose."""
+    watchdog.stop()
     pool = getattr(server, "_proc_pool", None)
     procs = [p for p in (pool.processes if pool is not None else []) if p.running_job]
+    rooms = [p.running_job.job.room.name for p in procs]
     for proc in procs:
         if proc.pid is not None:
             log.warning(
@@ -92,6 +96,16 @@ async def end_live_calls(server: AgentServer, *, timeout_s: float) -> None:
     while procs and time.monotonic() < deadline:
         procs = [p for p in procs if p.exitcode is None and p.running_job]
         await asyncio.sleep(0.2)
+    if not rooms:
+        return
+    async with api.LiveKitAPI() as lk:  # LIVEKIT_URL / _API_KEY / _API_SECRET
+        for room in rooms:
+            try:
+                await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                log.warning("room %s deleted: its call ended with the worker", room)
+            except api.TwirpError as err:
+                if err.code != api.TwirpErrorCode.NOT_FOUND:
+                    log.error("could not delete room %s: %s", room, err.message)
 
 
 class JobWatchdog:
@@ -101,6 +115,7 @@ class JobWatchdog:
         self._agent_name = agent_name
         self._tasks: set[asyncio.Task[None]] = set()
         self._attached = False
+        self._stopped = False
         self.recovered: list[str] = []
         """Rooms this watchdog re-dispatched to (for logs and tests)."""
 
@@ -115,10 +130,14 @@ class JobWatchdog:
         pool.on("process_closed", self._on_closed)
         self._attached = True
 
+    def stop(self) -> None:
+        """Re-dispatch nothing from now on (the worker is ending its calls itself)."""
+        self._stopped = True
+
     def _on_closed(self, proc: Any) -> None:
         info = proc.running_job
         code = proc.exitcode
-        if info is None or code == 0:
+        if info is None or code == 0 or self._stopped:
             return  # an idle process, or a job that ended normally
         room = info.job.room.name
         log.error("job %s (room %s) process exited with code %s", info.job.id, room, code)
