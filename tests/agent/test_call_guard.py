@@ -21,15 +21,20 @@ class FakeSession:
         self.history = SimpleNamespace(items=[])
         self.replies = 0
         self.interrupts = 0
+        self.agent_state = "listening"
 
     def on(self, event: str, handler: Callable[[Any], None]) -> None:
         self.handlers[event] = handler
+
+    def off(self, event: str, handler: Callable[[Any], None]) -> None:
+        self.handlers.pop(event, None)
 
     def interrupt(self, *, force: bool = False) -> None:
         self.interrupts += 1
 
     def generate_reply(self) -> None:
         self.replies += 1
+        self.agent_state = "speaking"  # the answer starts at once in this fake
 
     def fail(self) -> None:
         err = SimpleNamespace(error=RuntimeError("server gone"))

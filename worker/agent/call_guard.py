@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from livekit.agents import AgentSession, ChatMessage, ErrorEvent
+from livekit.agents import AgentSession, AgentStateChangedEvent, ChatMessage, ErrorEvent
 
 from worker.agent.announcements import Announcer
 from worker.agent.fault_metrics import fault_metrics
@@ -37,6 +37,10 @@ log = logging.getLogger("voicestack.agent")
 
 CallEnder = Callable[[str], Awaitable[None]]
 """Ends the call for the given reason (transfer or hang up); supplied by the job."""
+
+
+ANSWER_WAIT_S = 8.0
+"""After a recovery, hold music plays on until the answer starts, at most this long."""
 
 
 class GuardState(enum.StrEnum):
@@ -121,8 +125,20 @@ class CallGuard:
             await self.end(f"{self.faults} faults in this call")
             return
         hold = asyncio.create_task(self._hold())
+        answering = False
         try:
             ready = await self._wait_ready(time.monotonic() + self._cfg.recovery_timeout_s)
+            if ready:
+                self.log.append("recovered")
+                fault_metrics().outcomes.labels(outcome="recovered").inc()
+                log.info("inference server serves again: the call continues")
+                self.state = GuardState.NORMAL
+                if self._caller_unanswered():
+                    # The hold music plays on until the answer is heard: no gap while the
+                    # answer is generated.
+                    answering = True
+                    self._session.generate_reply()
+                    await self._until_agent_speaks(ANSWER_WAIT_S)
         finally:
             hold.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,15 +146,25 @@ class CallGuard:
         if not ready:
             await self.end(f"inference server not back within {self._cfg.recovery_timeout_s:g} s")
             return
-        self.log.append("recovered")
-        fault_metrics().outcomes.labels(outcome="recovered").inc()
-        log.info("inference server serves again: the call continues")
-        self.state = GuardState.NORMAL
-        await self._announcer.wait_idle()  # the hold message in flight ends first
-        if self._caller_unanswered():
-            self._session.generate_reply()
-        else:
+        if not answering:
+            await self._announcer.wait_idle()  # the hold message in flight ends first
             await self._announcer.play("resume")
+
+    async def _until_agent_speaks(self, limit_s: float) -> None:
+        if self._session.agent_state == "speaking":
+            return
+        speaking = asyncio.Event()
+
+        def _on_state(ev: AgentStateChangedEvent) -> None:
+            if ev.new_state == "speaking":
+                speaking.set()
+
+        self._session.on("agent_state_changed", _on_state)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(speaking.wait(), limit_s)
+        finally:
+            self._session.off("agent_state_changed", _on_state)
 
     async def _hold(self) -> None:
         """``hold`` at once, then hold music, and ``still_holding`` every ``hold_repeat_s``:
