@@ -203,8 +203,10 @@ async def test_stop_cancels_everything_unfinished() -> None:
     runner = _runner(engine)
     runner.start()
     await runner.wait_loaded()
+    # Far more tokens than the scripted engine (tens of microseconds a step) can produce
+    # before stop() lands on a busy 2-core box: 10_000 finished first in ~1 run of 4.
     work = runner.submit(
-        10_000, stream_id="z", max_partials=10_001, call_id="z", stage=Stage.LLM_FIRST_CLAUSE
+        10**9, stream_id="z", max_partials=10**9 + 1, call_id="z", stage=Stage.LLM_FIRST_CLAUSE
     )
     await asyncio.wait_for(work.next_event(), 10)
     t0 = time.monotonic()
