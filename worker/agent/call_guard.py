@@ -24,11 +24,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from livekit.agents import AgentSession, AgentStateChangedEvent, ChatMessage, ErrorEvent
 
 from worker.agent.announcements import Announcer
 from worker.agent.fault_metrics import fault_metrics
+from worker.agent.plugins._client import get_json
 from worker.config.agent import FallbackConfig
 
 __all__ = ["CallEnder", "CallGuard", "GuardState", "server_ready"]
@@ -51,14 +51,8 @@ class GuardState(enum.StrEnum):
 
 async def server_ready(url: str, *, timeout_s: float = 0.5) -> bool:
     """One ``GET /readyz`` of the inference server; False on any failure."""
-    try:
-        async with (
-            aiohttp.ClientSession(trust_env=False) as http,
-            http.get(url.rstrip("/") + "/readyz", timeout=aiohttp.ClientTimeout(timeout_s)) as r,
-        ):
-            return r.status == 200
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return False
+    status, _ = await get_json(url, "/readyz", timeout_s=timeout_s)
+    return status == 200
 
 
 class CallGuard:

@@ -21,7 +21,6 @@ import math
 import os
 from typing import Any, TypedDict
 
-import aiohttp
 from livekit import api, rtc
 from livekit.agents import (
     Agent,
@@ -41,7 +40,7 @@ from worker.agent.announcements import Announcements, Announcer, load_announceme
 from worker.agent.call_guard import CallGuard
 from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
-from worker.agent.plugins._client import StreamDeadlines
+from worker.agent.plugins._client import StreamDeadlines, get_json
 from worker.agent.turn_metrics import TurnMetricsLog
 from worker.agent.watchdog import END_CALL_SIGNAL
 from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config
@@ -137,17 +136,8 @@ def stream_deadlines(fb: FallbackConfig) -> StreamDeadlines:
 
 async def accepting_calls(url: str, timeout_s: float) -> bool:
     """The inference server's ``/v1/capacity`` says a new call would be admitted."""
-    try:
-        async with (
-            aiohttp.ClientSession(trust_env=False) as http,
-            http.get(
-                url.rstrip("/") + "/v1/capacity", timeout=aiohttp.ClientTimeout(timeout_s)
-            ) as r,
-        ):
-            data = await r.json()
-            return r.status == 200 and bool(data.get("accepting"))
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-        return False
+    status, data = await get_json(url, "/v1/capacity", timeout_s=timeout_s)
+    return status == 200 and isinstance(data, dict) and bool(data.get("accepting"))
 
 
 def _turn_handling(cfg: AgentConfig) -> dict[str, Any]:

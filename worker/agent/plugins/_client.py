@@ -27,6 +27,7 @@ __all__ = [
     "ServerError",
     "StreamDeadlines",
     "StreamMessage",
+    "get_json",
     "run_duplex",
 ]
 
@@ -194,6 +195,22 @@ class InferenceStream:
         # Shield the close so that a cancelled caller still tells the server to stop the work;
         # the CancelledError itself propagates unchanged.
         await asyncio.shield(self.aclose())
+
+
+async def get_json(base_url: str, path: str, *, timeout_s: float) -> tuple[int, Any]:
+    """One ``GET`` of the inference server's ``path``: ``(status, JSON body or None)``;
+    ``(0, None)`` when it does not answer in ``timeout_s`` (health and capacity probes)."""
+    try:
+        async with (
+            aiohttp.ClientSession(trust_env=False) as http,
+            http.get(base_url.rstrip("/") + path, timeout=aiohttp.ClientTimeout(timeout_s)) as resp,
+        ):
+            try:
+                return resp.status, await resp.json(content_type=None)
+            except ValueError:
+                return resp.status, None
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return 0, None
 
 
 Loop = Callable[[InferenceStream], Coroutine[Any, Any, None]]
