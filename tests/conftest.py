@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from worker.config.telephony import TelephonyConfig, load_telephony
+from worker.process_exit import exit_process, rtc_runtime_live
 from worker.stack.loopback import LoopbackStack, loopback_stack
 from worker.stack.plan import SIP_UNAVAILABLE, tool_path
 from worker.telephony.provision import ProvisionResult, provision
@@ -67,6 +68,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``CI=true`` a skipped test fails the run: a skip hides a broken setup."""
+    _EXIT_STATUS.append(int(session.exitstatus))
     if not in_ci():
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -78,6 +80,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 f"CI=true: {len(skipped)} test(s) skipped, which CI forbids: {names}"
             )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        _EXIT_STATUS.append(int(session.exitstatus))
+
+
+_EXIT_STATUS: list[int] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without finalizing when a test loaded livekit.rtc in this process: its Rust threads
+    abort the process (status 134) if they call back while CPython finalizes; see
+    :mod:`worker.process_exit`. The session's own exit status is kept."""
+    if rtc_runtime_live() and _EXIT_STATUS:
+        exit_process(_EXIT_STATUS[-1])
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from collections.abc import Sequence
 
-__all__ = ["build_parser", "main"]
+from worker.process_exit import exit_process
+
+__all__ = ["build_parser", "main", "run"]
 
 # Each module defines ``register(subparsers: argparse._SubParsersAction) -> None``; the parsers it
 # adds call ``set_defaults(func=handler)`` where ``handler(args) -> int`` is the exit status.
@@ -48,5 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def run() -> None:
+    """The console script: :func:`main`, then an exit that survives livekit.rtc's threads."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from worker.caller.analysis import CallAnalysis, analyse_call, format_report
 from worker.caller.audio import write_wav
 from worker.caller.transport import CallRecording, HangUp
 from worker.caller.utterances import DEFAULT_QUESTIONS, CallerScript, build_caller_script
+from worker.process_exit import exit_process
 
 __all__ = ["CallOutcome", "place_scripted_call", "register", "run_demo"]
 
@@ -208,4 +208,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 if __name__ == "__main__":
-    sys.exit(run_demo(argparse.Namespace(transport="sip", questions=3, run_dir=None)))
+    exit_process(run_demo(argparse.Namespace(transport="sip", questions=3, run_dir=None)))
