@@ -14,6 +14,7 @@ from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIError, stt
 from livekit.agents.llm import ChatContext, function_tool
 
+from worker.agent.backchannel import OverlapFilter
 from worker.agent.plugins import (
     InferenceLLM,
     InferenceSTT,
@@ -64,6 +65,25 @@ async def test_stt_stream_interims_then_final_per_flush() -> None:
     assert rec.audio_bytes == pytest.approx(0.8 * 16000 * 2, rel=0.05)
     assert [c["type"] for c in rec.received] == ["flush", "flush", "end_input"]
     assert rec.ended == "done"
+
+
+async def test_stt_final_filter_decides_what_the_session_hears() -> None:
+    """A backchannel over the agent reaches the session as an empty final (no new turn)."""
+    overlap = OverlapFilter(["mm-hmm"])
+    overlap.user_started_speaking(agent_speaking=True)
+    async with fake_inference(FakeScript(stt_finals=["Mm-hmm.", "Stop."])) as srv:
+        plugin = InferenceSTT(url=srv.url, final_filter=overlap.final_text)
+        stream = plugin.stream(conn_options=NO_RETRY)
+        for f in _frames(0.3):
+            stream.push_frame(f)
+        stream.flush()
+        for f in _frames(0.3):
+            stream.push_frame(f)
+        stream.end_input()
+        events = [ev async for ev in stream]
+        await plugin.aclose()
+    finals = [ev for ev in events if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT]
+    assert [f.alternatives[0].text for f in finals] == ["", "Stop."]
 
 
 async def test_stt_declares_manual_flush_so_vad_finalizes() -> None:
@@ -189,6 +209,25 @@ async def test_llm_cancel_reaches_the_server() -> None:
         await plugin.aclose()
     assert srv.active["llm"] == 0
     assert srv.streams[0].ended == "client_closed"
+
+
+async def test_llm_reply_ends_after_max_sentences_and_cancels_the_rest() -> None:
+    tokens = ["We", " open", " at", " 9.", " We", " close", " at", " 5.30", " pm.", " Also"]
+    script = FakeScript(llm_tokens=tokens + [" more"] * 200, llm_token_delay_s=0.01)
+    async with fake_inference(script) as srv:
+        plugin = InferenceLLM(url=srv.url, max_sentences=2)
+        ctx = ChatContext.empty()
+        ctx.add_message(role="user", content="When are you open?")
+        stream = plugin.chat(chat_ctx=ctx, conn_options=NO_RETRY)
+        text = "".join([c.delta.content async for c in stream if c.delta and c.delta.content])
+        for _ in range(100):
+            if srv.active["llm"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        await plugin.aclose()
+    assert text == "We open at 9. We close at 5.30 pm."
+    assert srv.active["llm"] == 0
+    assert srv.streams[0].ended == "client_closed"  # the rest was cancelled, not generated
 
 
 async def test_tts_stream_audio_follows_initialized_emitter() -> None:

@@ -32,11 +32,13 @@ from livekit.agents import (
     ConversationItemAddedEvent,
     JobContext,
     JobProcess,
+    UserStateChangedEvent,
 )
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import silero
 
 from worker.agent.announcements import Announcements, Announcer, load_announcements
+from worker.agent.backchannel import OverlapFilter
 from worker.agent.call_guard import CallGuard
 from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
@@ -52,6 +54,7 @@ __all__ = [
     "VoiceAgent",
     "entrypoint",
     "prewarm",
+    "turn_handling",
 ]
 
 logger = logging.getLogger("voicestack.agent")
@@ -140,10 +143,17 @@ async def accepting_calls(url: str, timeout_s: float) -> bool:
     return status == 200 and isinstance(data, dict) and bool(data.get("accepting"))
 
 
-def _turn_handling(cfg: AgentConfig) -> dict[str, Any]:
+def turn_handling(cfg: AgentConfig) -> dict[str, Any]:
+    """livekit-agents ``turn_handling`` from ``turn:``; every model in it runs locally."""
     turn = cfg.turn
+    detection: Any = "vad"
+    if turn.detector == "local_eot":
+        from livekit.agents.inference import TurnDetector
+
+        # v1-mini runs in-process from the livekit-local-inference wheel; "v1" is LiveKit Cloud.
+        detection = TurnDetector(version="v1-mini", local_fallback=False)
     return {
-        "turn_detection": "vad",
+        "turn_detection": detection,
         "endpointing": {
             "mode": "fixed",
             "min_delay": turn.min_endpointing_delay_s,
@@ -153,6 +163,12 @@ def _turn_handling(cfg: AgentConfig) -> dict[str, Any]:
             "enabled": turn.allow_interruptions,
             "mode": "vad",  # "adaptive" (the default) calls LiveKit Cloud
             "min_duration": turn.min_interruption_s,
+            "resume_false_interruption": turn.resume_false_interruption,
+            "false_interruption_timeout": turn.false_interruption_timeout_s,
+        },
+        "preemptive_generation": {
+            "enabled": turn.preemptive_generation,
+            "preemptive_tts": turn.preemptive_tts,
         },
     }
 
@@ -218,16 +234,19 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(reason="at capacity: busy message played")
         return
 
+    overlap = OverlapFilter(cfg.turn.backchannels)
     stt = InferenceSTT(
         **link,
         language=cfg.persona.language,
         interim_results=cfg.turn.stt_interim_results,
+        final_filter=overlap.final_text,
     )
     llm = InferenceLLM(
         **link,
         max_tokens=cfg.llm.max_tokens,
         context_tokens=cfg.llm.context_tokens,
         max_history_chars=cfg.llm.max_history_chars,
+        max_sentences=cfg.llm.max_sentences,
         temperature=cfg.llm.temperature,
         top_p=cfg.llm.top_p,
     )
@@ -246,7 +265,7 @@ async def entrypoint(ctx: JobContext) -> None:
         llm=llm,
         tts=tts,
         vad=ctx.proc.userdata["vad"],
-        turn_handling=_turn_handling(cfg),  # type: ignore[arg-type]
+        turn_handling=turn_handling(cfg),  # type: ignore[arg-type]
         user_away_timeout=None,
         conn_options=connect_options(cfg),
     )
@@ -285,6 +304,11 @@ async def entrypoint(ctx: JobContext) -> None:
         if not isinstance(item, ChatMessage):
             return
         metrics.on_message(item.role, item.text_content or "", dict(item.metrics or {}))
+
+    @session.on("user_state_changed")
+    def _on_user_state(ev: UserStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            overlap.user_started_speaking(agent_speaking=session.agent_state == "speaking")
 
     @session.on("close")
     def _on_close(ev: CloseEvent) -> None:

@@ -66,17 +66,60 @@ class LLMSettings(_Strict):
     answer needs the last few turns, and the first answer after a trim prefills the whole
     window: about 600 tokens, measured 8.4 ms each on the 2-core CPU box with the bundled
     model. Raise it on a GPU."""
+    max_sentences: Annotated[int, Field(ge=1, le=20)] | None = 2
+    """A reply ends after this many sentences (its generation is cancelled on the server): a
+    phone answer is short, and the rest would be talked over. null: only ``max_tokens``."""
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.6
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
 
 
 class TurnConfig(_Strict):
-    """Local turn handling: VAD-based end of turn and VAD interruptions (no cloud models)."""
+    """Local turn handling: end of turn, preemptive generation and barge-in (no cloud models).
 
+    The stage-by-stage budget these settings trade against is in docs/latency.md."""
+
+    detector: Literal["vad", "local_eot"] = "vad"
+    """``vad``: the turn ends ``min_endpointing_delay_s`` after Silero VAD's end of speech.
+    ``local_eot``: LiveKit's audio end-of-turn model (``turn-detector-v1-mini``, shipped inside
+    the ``livekit-local-inference`` wheel, run in the job process): a likely end of turn waits
+    ``min_endpointing_delay_s``, an unlikely one up to ``max_endpointing_delay_s``."""
     min_endpointing_delay_s: Annotated[float, Field(ge=0)] = 0.4
     max_endpointing_delay_s: Seconds = 3.0
+    preemptive_generation: bool = True
+    """Start the LLM on the final transcript before the turn is committed; dropped (and its
+    engine work cancelled) when the caller goes on speaking."""
+    preemptive_tts: bool = False
+    """Also synthesize before the commit (more wasted work when the caller goes on)."""
     min_interruption_s: Annotated[float, Field(ge=0)] = 0.5
+    """Caller speech over the agent for this long pauses the agent's audio."""
     allow_interruptions: bool = True
+    resume_false_interruption: bool = True
+    """A pause that brings no words (a cough, noise) or only a backchannel resumes the answer
+    where it stopped instead of abandoning it."""
+    false_interruption_timeout_s: Seconds = 1.0
+    """Silence after the caller's overlap before a paused answer resumes."""
+    backchannels: tuple[str, ...] = (
+        "mm-hmm",
+        "mhm",
+        "uh-huh",
+        "mm",
+        "hmm",
+        "okay",
+        "ok",
+        "yeah",
+        "yes",
+        "yep",
+        "right",
+        "sure",
+        "i see",
+        "got it",
+        "alright",
+        "all right",
+        "uh",
+        "um",
+    )
+    """Said over the agent, a transcript made only of these is a backchannel: the answer
+    resumes. Anything else (``stop``, ``wait``, a question) is a real interruption."""
     stt_interim_results: bool = False
     """Interim transcripts compete with finals for the STT engine; VAD turn handling does not
     need them (measured on the 2-core dev box: final 0.9 s after flush without, 1.1-1.5 s

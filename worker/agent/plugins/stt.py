@@ -9,6 +9,7 @@ session's VAD end of speech triggers the flush and no STT-side endpointing is ne
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, stt, utils
@@ -36,7 +37,10 @@ class InferenceSTT(InferencePlugin, stt.STT):
         interim_results: bool = True,
         call_id: str = "",
         connect_timeout: float = 5.0,
+        final_filter: Callable[[str], str] | None = None,
     ) -> None:
+        """``final_filter`` maps each streamed final transcript to what the session sees (the
+        agent's :class:`worker.agent.backchannel.OverlapFilter`); ``""`` means no turn."""
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=True,
@@ -50,6 +54,7 @@ class InferenceSTT(InferencePlugin, stt.STT):
         self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._language = language
         self._interim = interim_results
+        self._final_filter = final_filter
 
     @property
     def call_id(self) -> str:
@@ -178,6 +183,8 @@ class InferenceSTTStream(stt.RecognizeStream):
             elif kind == "final":
                 stream.satisfied()
                 text = str(data.get("text", "")).strip()
+                if self._owner._final_filter is not None:
+                    text = self._owner._final_filter(text)
                 audio_s = float(data.get("audio_ms", 0)) / 1000.0
                 self._event_ch.send_nowait(
                     stt.SpeechEvent(
