@@ -36,6 +36,7 @@ from livekit.agents.llm.utils import build_legacy_openai_schema
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
 from ._client import InferencePlugin, ServerError
+from .sentence_limit import SentenceLimit
 
 __all__ = [
     "DEFAULT_CONTEXT_TOKENS",
@@ -304,10 +305,12 @@ class InferenceLLM(InferencePlugin, llm.LLM):
         connect_timeout: float = 5.0,
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
         max_history_chars: int | None = None,
+        max_sentences: int | None = None,
     ) -> None:
         """``context_tokens`` is the server model's context window; the chat history sent is
         trimmed to the smaller of ``max_history_chars`` and :func:`history_budget_chars` of
-        ``context_tokens`` and the request's ``max_tokens``."""
+        ``context_tokens`` and the request's ``max_tokens``. ``max_sentences`` ends a reply
+        (and cancels its generation on the server) after that many sentences."""
         super().__init__()
         self._connect(url, call_id=call_id, connect_timeout=connect_timeout)
         self._max_tokens = max_tokens
@@ -315,6 +318,7 @@ class InferenceLLM(InferencePlugin, llm.LLM):
         self._top_p = top_p
         self._context_tokens = context_tokens
         self._max_history_chars = max_history_chars
+        self._max_sentences = max_sentences
         self._trim_logged = False
         self._history_start = 0  # the call's history window (see history_window)
 
@@ -416,6 +420,7 @@ class InferenceLLMStream(llm.LLMStream):
         owner = self._owner
         request_id = utils.shortuuid("llm_")
         parser = ToolCallParser() if self._tools else None
+        limit = SentenceLimit(owner._max_sentences) if owner._max_sentences else None
         stream = await owner._client.open(start, connect_timeout=self._conn_options.timeout)
         async with stream:
             async for msg in stream.messages():
@@ -426,10 +431,15 @@ class InferenceLLMStream(llm.LLMStream):
                 if kind == "token":
                     token = str(data.get("text", ""))
                     if parser is None:
-                        self._send(request_id, token, [])
+                        self._send(request_id, limit.feed(token) if limit else token, [])
                     else:
                         piece = parser.feed(token)
-                        self._send(request_id, piece.text, piece.calls)
+                        text = limit.feed(piece.text) if limit else piece.text
+                        self._send(request_id, text, piece.calls)
+                    if limit is not None and limit.done:
+                        # Enough said: leaving the block closes the socket, which cancels the
+                        # rest of the generation on the server.
+                        return
                 elif kind == "done":
                     if parser is not None:
                         piece = parser.finish()
