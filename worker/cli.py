@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.inference.cli",
     "worker.inference.selftest",
     "worker.bench.cli",
+    "worker.bench.loadtest_cli",
     "worker.inference.scheduler.sim_cli",
 )
 

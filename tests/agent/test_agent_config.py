@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from worker.agent.turn_metrics import TurnMetricsLog
+from worker.agent.turn_metrics import TurnMetricsLog, parse_turn_lines
 from worker.config.agent import load_agent_config
 from worker.config.loader import ConfigError
 
@@ -61,3 +62,14 @@ def test_turn_metrics_pair_user_turns_with_replies() -> None:
     assert reply is not None and reply.turn == 1
     assert (reply.user_text, reply.end_of_utterance_delay, reply.llm_ttft) == ("Hi", 0.4, 0.2)
     assert "eou=400ms" in reply.log_line() and "llm_ttft=200ms" in reply.log_line()
+
+
+def test_turn_metrics_log_lines_parse_back(caplog: pytest.LogCaptureFixture) -> None:
+    log = TurnMetricsLog("room-7")
+    log.on_message("user", "Hi", {"end_of_turn_delay": 0.4, "transcription_delay": 0.35})
+    with caplog.at_level(logging.INFO, logger="voicestack.agent.metrics"):
+        log.on_message("assistant", "Sure.", {"llm_node_ttft": 0.2, "e2e_latency": 0.9})
+    [(call, turn)] = parse_turn_lines(caplog.text)
+    assert call == "room-7" and turn.turn == 1
+    assert (turn.end_of_utterance_delay, turn.stt_delay, turn.llm_ttft) == (0.4, 0.35, 0.2)
+    assert turn.tts_ttfb is None and turn.e2e == 0.9

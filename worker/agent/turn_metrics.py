@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "TurnMetricsLog",
     "TurnMetricsRecorder",
     "default_recorder",
+    "parse_turn_lines",
 ]
 
 logger = logging.getLogger("voicestack.agent.metrics")
@@ -66,6 +68,37 @@ class TurnMetrics:
         """The measured stage timings by ``stage`` label (unmeasured stages left out)."""
         values = (self.end_of_utterance_delay, self.stt_delay, self.llm_ttft, self.tts_ttfb)
         return {stage: v for stage, v in zip(STAGES, values, strict=True) if v is not None}
+
+
+_LINE = re.compile(
+    r"call (?P<call>\S+) turn (?P<turn>\d+): eou=(?P<eou>\S+) stt=(?P<stt>\S+) "
+    r"llm_ttft=(?P<llm>\S+) tts_ttfb=(?P<tts>\S+) e2e=(?P<e2e>\S+)"
+)
+
+
+def parse_turn_lines(text: str) -> list[tuple[str, TurnMetrics]]:
+    """``(call_id, turn)`` for every :meth:`TurnMetrics.log_line` in an agent log (the greeting,
+    turn 0, included); the benchmark reads the agent's breakdown this way."""
+
+    def seconds(value: str) -> float | None:
+        return None if value == "-" else float(value.removesuffix("ms")) / 1000
+
+    out: list[tuple[str, TurnMetrics]] = []
+    for m in _LINE.finditer(text):
+        out.append(
+            (
+                m["call"],
+                TurnMetrics(
+                    turn=int(m["turn"]),
+                    end_of_utterance_delay=seconds(m["eou"]),
+                    stt_delay=seconds(m["stt"]),
+                    llm_ttft=seconds(m["llm"]),
+                    tts_ttfb=seconds(m["tts"]),
+                    e2e=seconds(m["e2e"]),
+                ),
+            )
+        )
+    return out
 
 
 class TurnMetricsRecorder:
@@ -147,7 +180,8 @@ class TurnMetricsLog:
         self.turns.append(turn)
         (self._recorder or default_recorder()).record(turn)
         logger.info(
-            "%s",
+            "call %s %s",
+            self.call_id,
             turn.log_line(),
             extra={"call_id": self.call_id, "turn_metrics": asdict(turn)},
         )

@@ -21,6 +21,7 @@ __all__ = [
     "CallAnalysis",
     "Segment",
     "TurnResult",
+    "active_frames",
     "analyse_call",
     "format_report",
     "speech_segments",
@@ -33,6 +34,20 @@ class Segment:
 
     start_s: float
     end_s: float
+
+
+def active_frames(
+    samples: Pcm, rate: int, *, frame_ms: int = 20, threshold_dbfs: float = -42.0
+) -> np.ndarray:
+    """One bool per ``frame_ms`` frame: louder than ``threshold_dbfs`` (someone audible)."""
+    hop = max(1, rate * frame_ms // 1000)
+    n = len(samples) // hop
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    frames = samples[: n * hop].astype(np.float64).reshape(n, hop) / 32768.0
+    rms = np.sqrt(np.mean(frames**2, axis=1) + 1e-12)
+    result: np.ndarray = 20 * np.log10(rms) > threshold_dbfs
+    return result
 
 
 def speech_segments(
@@ -48,12 +63,10 @@ def speech_segments(
     ``min_gap_s`` (pauses between words and clauses) are bridged; blips under
     ``min_speech_s`` (codec clicks) are dropped."""
     hop = max(1, rate * frame_ms // 1000)
-    n = len(samples) // hop
+    active = active_frames(samples, rate, frame_ms=frame_ms, threshold_dbfs=threshold_dbfs)
+    n = len(active)
     if n == 0:
         return []
-    frames = samples[: n * hop].astype(np.float64).reshape(n, hop) / 32768.0
-    rms = np.sqrt(np.mean(frames**2, axis=1) + 1e-12)
-    active = 20 * np.log10(rms) > threshold_dbfs
     segments: list[Segment] = []
     start: int | None = None
     for i, on in enumerate(active):

@@ -100,15 +100,43 @@ async def place_scripted_call(
     else:
         raise ValueError(f"unknown transport {transport!r} (sip or webrtc)")
     shift = recording.schedule_offset_s
-    schedule = tuple(
-        dataclasses.replace(u, start_s=u.start_s + shift, end_s=u.end_s + shift) for u in schedule
-    )
+    schedule = tuple(u.shifted(shift) for u in schedule)
     write_wav(work_dir / "heard.wav", recording.samples, recording.sample_rate)
     analysis = analyse_call(recording.samples, recording.sample_rate, schedule)
     await transcribe_analysis(
         analysis, recording.samples, recording.sample_rate, inference_url=inference_url
     )
     return CallOutcome(script=script, recording=recording, analysis=analysis)
+
+
+def agent_breakdown(agent_log: Path) -> str:
+    """The agent's own per-turn timings (its log). ``end_turn``, ``stt_final`` and
+    ``agent_e2e`` count from the caller's end of speech as the agent's VAD saw it (turn
+    committed, final transcript, first audio frame sent); ``llm_ttft`` and ``tts_ttfb`` are
+    each node's own time to first output. Voice-to-voice minus ``agent_e2e`` is the VAD's view
+    of the end of speech plus the two media legs."""
+    from worker.agent.turn_metrics import parse_turn_lines
+
+    if not agent_log.is_file():
+        return f"(no agent breakdown: {agent_log} is missing)"
+    turns = [t for _, t in parse_turn_lines(agent_log.read_text(errors="replace")) if t.turn > 0]
+    if not turns:
+        return "(no agent breakdown: the agent logged no completed turn)"
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f}"
+
+    lines = ["Agent breakdown (ms; end_turn, stt_final, agent_e2e from the end of speech)"]
+    lines.append(
+        f"  {'turn':>4}  {'end_turn':>8}  {'stt_final':>9}  {'llm_ttft':>8}  "
+        f"{'tts_ttfb':>8}  {'agent_e2e':>9}"
+    )
+    for t in turns:
+        lines.append(
+            f"  {t.turn:>4}  {ms(t.end_of_utterance_delay):>8}  {ms(t.stt_delay):>9}  "
+            f"{ms(t.llm_ttft):>8}  {ms(t.tts_ttfb):>8}  {ms(t.e2e):>9}"
+        )
+    return "\n".join(lines)
 
 
 def _say(line: str) -> None:
@@ -180,6 +208,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(format_report(outcome.analysis, transport=transport))
     for note in outcome.recording.notes:
         _say(f"note: {note}")
+    _say(agent_breakdown(run_dir / "agent.log"))
     _say(f"recording: {run_dir / 'call' / 'heard.wav'}; logs: {run_dir}")
     problems = outcome.analysis.failures()
     if problems:

@@ -193,8 +193,7 @@ class BaresipCaller:
             if near:
                 # Onset from the dump; the end keeps the utterance's exact length (the energy
                 # VAD cuts quiet word endings a few tens of ms early).
-                start = near[0].start_s
-                out.append(ScheduledUtterance(utt.text, start, start + utt.end_s - utt.start_s))
+                out.append(utt.shifted(near[0].start_s - utt.start_s))
             else:
                 out.append(utt)
         return tuple(out)

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -24,8 +25,11 @@ from worker.caller.audio import Pcm, read_wav, resample, write_wav
 __all__ = [
     "DEFAULT_QUESTIONS",
     "CallerScript",
+    "CallerTurn",
     "ScheduledUtterance",
+    "TurnKind",
     "build_caller_script",
+    "build_turn_script",
     "speak_espeak",
 ]
 
@@ -38,6 +42,28 @@ DEFAULT_QUESTIONS: tuple[str, ...] = (
 ESPEAK_VOICE = "en-us+f3"  # a female espeak voice; the agent speaks with Piper "joe" (male)
 
 
+TurnKind = Literal["question", "paused", "barge_in", "backchannel"]
+"""``question``: said into silence, answered. ``paused``: a question with a mid-sentence pause
+the agent must not answer into. ``barge_in``: a real question said over the agent's answer.
+``backchannel``: "mm-hmm" said over the agent, which must resume its answer."""
+
+
+@dataclass(frozen=True)
+class CallerTurn:
+    """What the caller says in one turn: ``parts`` with ``pause_s`` of silence between them,
+    then ``wait_s`` of silence for the agent (short before a barge-in: the agent is still
+    talking when the next turn starts)."""
+
+    parts: tuple[str, ...]
+    wait_s: float = 14.0
+    pause_s: float = 0.0
+    kind: TurnKind = "question"
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.parts)
+
+
 @dataclass(frozen=True)
 class ScheduledUtterance:
     """One caller utterance on the call timeline (seconds from call answer)."""
@@ -45,6 +71,18 @@ class ScheduledUtterance:
     text: str
     start_s: float
     end_s: float
+    kind: TurnKind = "question"
+    pauses: tuple[tuple[float, float], ...] = ()
+    """The silent gaps inside the utterance (start, end), on the same timeline."""
+
+    def shifted(self, delta_s: float) -> ScheduledUtterance:
+        """The same utterance ``delta_s`` later on the timeline."""
+        return replace(
+            self,
+            start_s=self.start_s + delta_s,
+            end_s=self.end_s + delta_s,
+            pauses=tuple((a + delta_s, b + delta_s) for a, b in self.pauses),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,17 +143,48 @@ def build_caller_script(
     )
     if len(waits) != len(questions):
         raise ValueError(f"{len(waits)} answer waits for {len(questions)} questions")
+    turns = [CallerTurn((q,), wait_s=w) for q, w in zip(questions, waits, strict=True)]
+    return build_turn_script(
+        out_dir, turns, sample_rate=sample_rate, greeting_wait_s=greeting_wait_s
+    )
+
+
+def build_turn_script(
+    out_dir: Path,
+    turns: Sequence[CallerTurn],
+    *,
+    sample_rate: int = 16000,
+    greeting_wait_s: float = 9.0,
+) -> CallerScript:
+    """Write ``caller.wav`` into ``out_dir``: ``greeting_wait_s`` of silence, then each turn's
+    parts (espeak-ng) with its pauses, each followed by its ``wait_s`` of silence."""
+    if not turns:
+        raise ValueError("the caller needs at least one turn")
     out_dir.mkdir(parents=True, exist_ok=True)
     parts: list[Pcm] = [np.zeros(int(greeting_wait_s * sample_rate), dtype=np.int16)]
     cursor = greeting_wait_s
     schedule: list[ScheduledUtterance] = []
-    for text, wait in zip(questions, waits, strict=True):
-        speech = speak_espeak(text, sample_rate)
+    for turn in turns:
+        if not turn.parts or any(not p.strip() for p in turn.parts):
+            raise ValueError(f"a caller turn needs words in every part: {turn.parts!r}")
         start = cursor
-        cursor += len(speech) / sample_rate
-        schedule.append(ScheduledUtterance(text=text, start_s=start, end_s=cursor))
-        parts += [speech, np.zeros(int(wait * sample_rate), dtype=np.int16)]
-        cursor += wait
+        pauses: list[tuple[float, float]] = []
+        for i, piece in enumerate(turn.parts):
+            if i:
+                gap = np.zeros(int(turn.pause_s * sample_rate), dtype=np.int16)
+                pauses.append((cursor, cursor + len(gap) / sample_rate))
+                parts.append(gap)
+                cursor += len(gap) / sample_rate
+            speech = speak_espeak(piece, sample_rate)
+            parts.append(speech)
+            cursor += len(speech) / sample_rate
+        schedule.append(
+            ScheduledUtterance(
+                text=turn.text, start_s=start, end_s=cursor, kind=turn.kind, pauses=tuple(pauses)
+            )
+        )
+        parts.append(np.zeros(int(turn.wait_s * sample_rate), dtype=np.int16))
+        cursor += turn.wait_s
     samples = np.concatenate(parts)
     wav = out_dir / "caller.wav"
     write_wav(wav, samples, sample_rate)
