@@ -81,3 +81,11 @@ def test_local_eot_detector_runs_in_process() -> None:
     detector = turn_handling(_cfg(detector="local_eot"))["turn_detection"]
     assert isinstance(detector, TurnDetector)
     assert detector.model == "turn-detector-v1-mini"  # the local model, never the cloud one
+
+
+def test_transcript_detector_is_ours() -> None:
+    from worker.agent.end_of_turn import TranscriptEndOfTurn
+
+    assert isinstance(
+        turn_handling(_cfg(detector="transcript"))["turn_detection"], TranscriptEndOfTurn
+    )

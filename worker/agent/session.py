@@ -40,6 +40,7 @@ from livekit.plugins import silero
 from worker.agent.announcements import Announcements, Announcer, load_announcements
 from worker.agent.backchannel import OverlapFilter
 from worker.agent.call_guard import CallGuard
+from worker.agent.end_of_turn import TranscriptEndOfTurn
 from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
 from worker.agent.plugins._client import StreamDeadlines, get_json
@@ -147,7 +148,9 @@ def turn_handling(cfg: AgentConfig) -> dict[str, Any]:
     """livekit-agents ``turn_handling`` from ``turn:``; every model in it runs locally."""
     turn = cfg.turn
     detection: Any = "vad"
-    if turn.detector == "local_eot":
+    if turn.detector == "transcript":
+        detection = TranscriptEndOfTurn(cfg.persona.language)
+    elif turn.detector == "local_eot":
         from livekit.agents.inference import TurnDetector
 
         # v1-mini runs in-process from the livekit-local-inference wheel; "v1" is LiveKit Cloud.

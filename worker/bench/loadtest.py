@@ -49,7 +49,7 @@ _OVERLAP_AFTER_S = 3.5  # the next turn starts while the agent is still answerin
 DEFAULT_TURNS: tuple[CallerTurn, ...] = (
     CallerTurn(("Hello, do you deliver on weekends?",), wait_s=_ANSWER_S),
     CallerTurn(
-        ("I would like to know", "the price of express shipping."),
+        ("I would like to know the price of", "express shipping."),
         pause_s=0.5,
         wait_s=_ANSWER_S,
         kind="paused",
@@ -59,19 +59,23 @@ DEFAULT_TURNS: tuple[CallerTurn, ...] = (
     CallerTurn(("What payment methods do you accept?",), wait_s=_OVERLAP_AFTER_S),
     CallerTurn(("Mm-hmm.",), wait_s=_ANSWER_S, kind="backchannel"),
     CallerTurn(
-        ("Can you check", "the status of my order?"), pause_s=0.7, wait_s=_ANSWER_S, kind="paused"
+        ("Can you check the status of my", "order, please?"),
+        pause_s=0.7,
+        wait_s=_ANSWER_S,
+        kind="paused",
     ),
     CallerTurn(("Where is your nearest store?",), wait_s=_ANSWER_S),
     CallerTurn(
-        ("My parcel arrived", "but the box was damaged."),
+        ("My parcel arrived and", "the box was damaged."),
         pause_s=0.35,
         wait_s=_ANSWER_S,
         kind="paused",
     ),
     CallerTurn(("Do you have a phone number for returns?",), wait_s=_ANSWER_S),
 )
-"""One round: questions the agent has not been tuned on, three with mid-sentence pauses
-(350-700 ms), one barge-in and one backchannel said over an answer."""
+"""One round: questions the agent has not been tuned on, three with a mid-sentence pause
+(350-700 ms) where people hesitate (after "of", "my", "and"), one barge-in and one backchannel
+said over an answer."""
 
 
 @dataclass(frozen=True)

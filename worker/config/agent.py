@@ -78,8 +78,10 @@ class TurnConfig(_Strict):
 
     The stage-by-stage budget these settings trade against is in docs/latency.md."""
 
-    detector: Literal["vad", "local_eot"] = "vad"
+    detector: Literal["vad", "transcript", "local_eot"] = "vad"
     """``vad``: the turn ends ``min_endpointing_delay_s`` after Silero VAD's end of speech.
+    ``transcript``: the same, but a final transcript that stops mid-sentence ("the status of
+    my") waits up to ``max_endpointing_delay_s`` (:mod:`worker.agent.end_of_turn`).
     ``local_eot``: LiveKit's audio end-of-turn model (``turn-detector-v1-mini``, shipped inside
     the ``livekit-local-inference`` wheel, run in the job process): a likely end of turn waits
     ``min_endpointing_delay_s``, an unlikely one up to ``max_endpointing_delay_s``."""
