@@ -100,3 +100,20 @@ def test_json_png_and_table(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = format_table(runs)
     assert "cut-ins into a mid-sentence pause: 1/1" in table
+
+
+def test_variant_config_overrides_dotted_keys(tmp_path: Path) -> None:
+    from worker.bench.loadtest_cli import variant_config
+    from worker.config.agent import load_agent_config
+    from worker.config.loader import ConfigError
+    from worker.stack.render import project_root
+
+    base = project_root() / "config" / "agent.yaml"
+    out = variant_config(
+        base, "turn.detector=transcript, turn.vad_min_silence_s=0.2", tmp_path / "v.yaml"
+    )
+    cfg = load_agent_config(out)
+    assert cfg.turn.detector == "transcript" and cfg.turn.vad_min_silence_s == 0.2
+    assert cfg.persona == load_agent_config(base).persona  # the rest is the base config
+    with pytest.raises(ConfigError, match="key=value"):
+        variant_config(base, "turn.detector", tmp_path / "bad.yaml")

@@ -7,6 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
+import yaml
+
 from worker.bench.loadtest import LoadtestOptions, run_loadtest
 from worker.bench.loadtest_report import format_table, write_json, write_plot
 from worker.config.agent import load_agent_config
@@ -24,10 +26,39 @@ def _positive(text: str) -> int:
     return value
 
 
+def variant_config(base: Path, overrides: str, out: Path) -> Path:
+    """Write ``base`` with dotted-key overrides (``turn.detector=transcript,llm.max_tokens=48``,
+    values parsed as YAML) to ``out``; the command line then names the lever it measured."""
+    data = yaml.safe_load(base.read_text()) or {}
+    for item in filter(None, (p.strip() for p in overrides.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--variant: expected key=value, got {item!r}")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--variant: {key} is not inside a section")
+        node[leaf] = yaml.safe_load(raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, run, write JSON + PNG, print the table; 1 when a call failed."""
     root = project_root()
-    configs = tuple(args.agent_config or [root / "config" / "agent.yaml"])
+    out = args.out or root / ".run" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = root / "config" / "agent.yaml"
+    configs = list(args.agent_config or ([] if args.variant else [base]))
+    try:
+        for i, overrides in enumerate(args.variant or []):
+            configs.append(variant_config(base, overrides, out / f"variant{i + 1}.yaml"))
+            print(f"loadtest: variant{i + 1} = config/agent.yaml with {overrides}")
+    except ConfigError as err:
+        print(f"loadtest: {err}")
+        return 2
     for cfg in configs:
         try:
             load_agent_config(cfg)
@@ -37,11 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if not tool_path("livekit-sip").exists():
         print(f"loadtest: needs {tool_path('livekit-sip')}: run scripts/setup.sh")
         return 2
-    out = args.out or root / ".run" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
     opts = LoadtestOptions(
         calls=args.calls,
         rounds=args.rounds,
-        agent_configs=configs,
+        agent_configs=tuple(configs),
         out_dir=out,
         stagger_s=args.stagger_s,
     )
@@ -72,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         action="append",
         help="agent config to measure (repeat for A/B); default config/agent.yaml",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="KEY=VALUE,...",
+        help="config/agent.yaml with these overrides (repeatable; measured after --agent-config)",
     )
     p.add_argument("--stagger-s", type=float, default=2.0, help="delay between call starts")
     p.add_argument("--out", type=Path, default=None, help="results directory")
