@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 from livekit import api, rtc
 from livekit.agents import (
     Agent,
+    AgentFalseInterruptionEvent,
     AgentSession,
     APIConnectOptions,
     AutoSubscribe,
@@ -306,12 +307,27 @@ async def entrypoint(ctx: JobContext) -> None:
         item = ev.item
         if not isinstance(item, ChatMessage):
             return
+        if item.role == "assistant" and item.interrupted:
+            # livekit-agents keeps only the part the caller heard in the history.
+            logger.info("call %s: answer interrupted; the history keeps what was heard", call_id)
         metrics.on_message(item.role, item.text_content or "", dict(item.metrics or {}))
 
     @session.on("user_state_changed")
     def _on_user_state(ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
-            overlap.user_started_speaking(agent_speaking=session.agent_state == "speaking")
+            over_agent = session.agent_state == "speaking"
+            overlap.user_started_speaking(agent_speaking=over_agent)
+            if over_agent:
+                logger.info("call %s: the caller speaks over the agent", call_id)
+
+    @session.on("agent_false_interruption")
+    def _on_false_interruption(ev: AgentFalseInterruptionEvent) -> None:
+        # No words, a cough or a backchannel: the paused answer goes on where it stopped.
+        logger.info(
+            "call %s: no interruption after all; answer %s",
+            call_id,
+            "resumed" if ev.resumed else "not resumable",
+        )
 
     @session.on("close")
     def _on_close(ev: CloseEvent) -> None:
