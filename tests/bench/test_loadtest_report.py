@@ -117,3 +117,37 @@ def test_variant_config_overrides_dotted_keys(tmp_path: Path) -> None:
     assert cfg.persona == load_agent_config(base).persona  # the rest is the base config
     with pytest.raises(ConfigError, match="key=value"):
         variant_config(base, "turn.detector", tmp_path / "bad.yaml")
+
+
+async def test_server_means_read_the_inference_histograms() -> None:
+    from aiohttp import web
+
+    from worker.bench.loadtest import server_means
+
+    body = "\n".join(
+        [
+            "# TYPE voicestack_inference_stage_latency_seconds histogram",
+            'voicestack_inference_stage_latency_seconds_sum{stage="stt_final"} 1.5',
+            'voicestack_inference_stage_latency_seconds_count{stage="stt_final"} 10.0',
+            "# TYPE voicestack_inference_queue_wait_seconds histogram",
+            'voicestack_inference_queue_wait_seconds_sum{engine="llm"} 0.2',
+            'voicestack_inference_queue_wait_seconds_count{engine="llm"} 4.0',
+            "",
+        ]
+    )
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=body)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        means = await server_means(f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+    assert means == {"stt_final": 0.15, "queue_llm": 0.05}
+    assert await server_means("http://127.0.0.1:9") == {}

@@ -122,6 +122,10 @@ class ConfigRun:
     config: str
     calls: list[CallResult] = field(default_factory=list)
     agent_turns: list[TurnMetrics] = field(default_factory=list)
+    server_means_s: dict[str, float] = field(default_factory=dict)
+    """The inference server's own view (its /metrics at the end of the run): mean per stage
+    (``stt_final`` flush -> final, ``llm_first_token``, ``tts_first_audio`` clause -> audio)
+    and mean queue wait per engine (``queue_stt`` ...)."""
     wall_s: float = 0.0
     error: str = ""
 
@@ -187,7 +191,7 @@ async def _calls(
 
 
 def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> ConfigRun:
-    from worker.agent.components import agent_spec, inference_spec
+    from worker.agent.components import agent_spec, inference_spec, inference_url
     from worker.caller.sip import SIP_SAMPLE_RATE
     from worker.config.telephony import load_telephony
     from worker.stack.loopback import loopback_stack
@@ -222,6 +226,7 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
             run.calls = asyncio.run(
                 _calls(opts, script, st.sip_address, tel.trunks[0].numbers[0], work)
             )
+            run.server_means_s = asyncio.run(server_means(inference_url(st.rendered)))
     except (StartError, ProvisionError) as err:
         run.error = str(err)
     run.wall_s = time.monotonic() - started
@@ -232,6 +237,40 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
         turns = parse_turn_lines(agent_log.read_text(errors="replace"))
         run.agent_turns = [t for _, t in turns if t.turn > 0]  # turn 0: the greeting
     return run
+
+
+async def server_means(url: str) -> dict[str, float]:
+    """Mean stage latency and queue wait from the inference server's Prometheus histograms."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        async with (
+            aiohttp.ClientSession(trust_env=False) as http,
+            http.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(5)) as resp,
+        ):
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as err:
+        log.warning("could not read the inference server's metrics: %s", err)
+        return {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    wanted = {
+        "voicestack_inference_stage_latency_seconds": "stage",
+        "voicestack_inference_queue_wait_seconds": "engine",
+    }
+    for family in text_string_to_metric_families(text):
+        label = wanted.get(family.name)
+        if label is None:
+            continue
+        for sample in family.samples:
+            key = sample.labels.get(label, "")
+            key = key if label == "stage" else f"queue_{key}"
+            if sample.name.endswith("_sum"):
+                sums[key] = sample.value
+            elif sample.name.endswith("_count"):
+                counts[key] = sample.value
+    return {k: round(sums[k] / counts[k], 4) for k in sums if counts.get(k)}
 
 
 def run_loadtest(opts: LoadtestOptions) -> list[ConfigRun]:

@@ -80,6 +80,7 @@ def summarize(run: ConfigRun) -> dict[str, Any]:
         "backchannels_resumed": sum(1 for t in backchannels if t.resumed_after_s is not None),
         "backchannels_over_agent": len(backchannels),
         "agent_stages_ms": stages,
+        "server_means_ms": {k: _ms(v) for k, v in sorted(run.server_means_s.items())},
         "wall_s": round(run.wall_s, 1),
     }
 
@@ -170,6 +171,11 @@ def format_table(runs: Sequence[ConfigRun]) -> str:
             "  agent breakdown p50 (ms): "
             + ", ".join(f"{name} {_fmt(st[key]['p50'])}" for key, name in _STAGES),
         ]
+        if s["server_means_ms"]:
+            lines.append(
+                "  inference server means (ms): "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in s["server_means_ms"].items())
+            )
         for err in s["failed_calls"]:
             lines.append(f"  FAILED: {err}")
     return "\n".join(lines)

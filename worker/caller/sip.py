@@ -230,6 +230,9 @@ def _write_config(work: Path, wav: Path) -> int:
         f"ausrc_srate\t{SIP_SAMPLE_RATE}",
         f"auplay_srate\t{SIP_SAMPLE_RATE}",
         f"rtp_ports\t{rtp_start}-{rtp_end}",
+        # A desk phone on a LAN buffers 20-60 ms; baresip's default (5-10 frames, 100-200 ms)
+        # would add its own delay to every voice-to-voice figure (docs/latency.md).
+        "jitter_buffer_delay\t1-3",
         f"module_path\t{MODULES}",
         "module\tg711.so",
         "module\taufile.so",
