@@ -135,6 +135,7 @@ async def test_server_means_read_the_inference_histograms() -> None:
             "",
         ]
     )
+
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=body)
 
