@@ -44,7 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ANSWER_S = 11.0  # silence after a question: the agent's latency plus a short phone answer
-_OVERLAP_AFTER_S = 3.5  # the next turn starts while the agent is still answering
+_OVERLAP_AFTER_S = 3.0  # the next turn starts while the agent is still answering
 
 DEFAULT_TURNS: tuple[CallerTurn, ...] = (
     CallerTurn(("Hello, do you deliver on weekends?",), wait_s=_ANSWER_S),
