@@ -35,3 +35,27 @@ def test_final_returns_the_remainder_as_a_clause() -> None:
 
 def test_newline_is_a_boundary() -> None:
     assert split_clauses("first line\nsecond") == (["first line"], "second")
+
+
+def test_first_chunk_ends_at_the_first_comma_however_short() -> None:
+    from worker.inference.clauses import first_chunk
+
+    assert first_chunk("Sure, you can reset it", 6) == ("Sure,", "you can reset it")
+
+
+def test_first_chunk_after_max_words_without_punctuation() -> None:
+    from worker.inference.clauses import first_chunk
+
+    text = "You can reset your password on our website"
+    assert first_chunk(text, 6) == ("You can reset your password on", "our website")
+    # The 6th word is only complete once whitespace follows it.
+    assert first_chunk("You can reset your password", 5) is None
+    assert first_chunk("You can reset your password ", 5) == ("You can reset your password", "")
+
+
+def test_first_chunk_sentence_end_and_abbreviations() -> None:
+    from worker.inference.clauses import first_chunk
+
+    assert first_chunk("Yes. We ship", 6) == ("Yes.", "We ship")
+    assert first_chunk("Dr. Smith is in today and", 3) == ("Dr. Smith is", "in today and")
+    assert first_chunk("", 6) is None

@@ -139,6 +139,19 @@ async def test_tts_stream_speaks_clause_by_clause(inference_server: RunningServe
     assert len(audio) > 22050 * 2  # more than a second of speech
 
 
+async def test_tts_first_chunk_is_short_then_whole_clauses(
+    inference_server: RunningServer,
+) -> None:
+    """A reply's first chunk ends after ``tts.first_chunk_words`` (6) words when no clause
+    mark comes sooner: the caller hears audio before the LLM finishes the first clause."""
+    events, _audio = await _tts(
+        inference_server,
+        ["You can reset your password on our", " website in a minute. Then log in."],
+    )
+    texts = [e["text"] for e in events if e["type"] == "audio_start"]
+    assert texts == ["You can reset your password on", "our website in a minute.", "Then log in."]
+
+
 async def test_stt_stream_interims_then_final(inference_server: RunningServer) -> None:
     sentence = "I would like to check the status of my order please."
     _events, audio = await _tts(inference_server, [sentence])

@@ -94,6 +94,15 @@ class TtsEngineConfig(_Strict):
     """Piper (onnxruntime) settings."""
 
     threads: int = Field(1, ge=1, le=256, description="onnxruntime intra_op_num_threads")
+    first_chunk_words: int = Field(
+        6,
+        ge=0,
+        le=50,
+        description=(
+            "a reply's first chunk ends at its first comma or after this many words, so the "
+            "caller hears audio before the first clause is complete (0: whole clauses only)"
+        ),
+    )
 
 
 class ModelsConfig(_Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["split_clauses"]
+__all__ = ["first_chunk", "split_clauses"]
 
 # A clause ends at sentence or clause punctuation followed by whitespace: a "." at the very end
 # of the buffer may still be "3." of "3.5" in a token stream, so it waits for more text or flush.
@@ -36,6 +36,27 @@ _ABBREVIATIONS = frozenset(
 def _ends_with_abbreviation(text: str) -> bool:
     words = text.rsplit(None, 1)
     return bool(words) and words[-1].lower() in _ABBREVIATIONS
+
+
+_WORD_END = re.compile(r"\S(?=\s)")
+
+
+def first_chunk(text: str, max_words: int) -> tuple[str, str] | None:
+    """The first chunk of a reply, cut early for a fast first audio: up to the first clause
+    mark (a comma too, however short the clause) or after ``max_words`` complete words,
+    whichever comes first; ``None`` while neither is there yet. Returns ``(chunk, rest)``."""
+    boundary = _BOUNDARY.search(text)
+    while boundary is not None and boundary.group(0).startswith("."):
+        if not _ends_with_abbreviation(text[: boundary.end()]):
+            break
+        boundary = _BOUNDARY.search(text, boundary.end())
+    cut = boundary.end() if boundary is not None else None
+    ends = [m.end() for m in _WORD_END.finditer(text)]
+    if len(ends) >= max_words and (cut is None or ends[max_words - 1] < cut):
+        cut = ends[max_words - 1]
+    if cut is None or not text[:cut].strip():
+        return None
+    return text[:cut].strip(), text[cut:].lstrip()
 
 
 def split_clauses(

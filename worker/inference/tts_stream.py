@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from worker.inference.clauses import split_clauses
+from worker.inference.clauses import first_chunk, split_clauses
 from worker.inference.jobs import TtsAudio, TtsJob
 from worker.inference.protocol import ErrorCode, StreamError, TtsStart, parse_control
 from worker.inference.runtime import Overloaded, Work, WorkState
@@ -47,6 +47,7 @@ class _TtsStream:
         # Bounded by max_chars too: every clause holds at least one character.
         self.clauses: asyncio.Queue[_Clause | None] = asyncio.Queue(maxsize=self.max_chars + 1)
         self.work: Work[TtsJob, TtsAudio] | None = None
+        self.first_words = ctx.config.tts.first_chunk_words
 
     def _enqueue(self, clauses: list[str]) -> None:
         for text in clauses:
@@ -60,8 +61,19 @@ class _TtsStream:
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"more than {self.max_chars} characters of text waiting to be spoken",
             )
-        clauses, self.pending = split_clauses(self.pending + text, final=final)
-        self._enqueue(clauses)
+        text = self.pending + text
+        first: list[str] = []
+        if self.segment == 0 and self.first_words:
+            # Nothing spoken yet: a short first chunk gets the caller audio sooner; the
+            # rest follows while it plays.
+            cut = first_chunk(text, self.first_words)
+            if cut is not None:
+                first, text = [cut[0]], cut[1]
+            elif not final:
+                self.pending = text
+                return
+        clauses, self.pending = split_clauses(text, final=final)
+        self._enqueue(first + clauses)
 
     async def read_loop(self) -> None:
         """Runs until the stream ends; only ever returns by raising (after end_input it still
