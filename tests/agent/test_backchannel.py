@@ -62,6 +62,7 @@ def _cfg(**turn: object) -> AgentConfig:
 def test_turn_handling_maps_the_config() -> None:
     opts = turn_handling(
         _cfg(
+            detector="vad",
             min_interruption_s=0.2,
             false_interruption_timeout_s=0.8,
             preemptive_generation=False,

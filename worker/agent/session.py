@@ -45,6 +45,7 @@ from worker.agent.end_of_turn import TranscriptEndOfTurn
 from worker.agent.fault_metrics import fault_metrics
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
 from worker.agent.plugins._client import StreamDeadlines, get_json
+from worker.agent.plugins.llm_prefill import prefill_call
 from worker.agent.turn_metrics import TurnMetricsLog
 from worker.agent.watchdog import END_CALL_SIGNAL
 from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config
@@ -283,8 +284,15 @@ async def entrypoint(ctx: JobContext) -> None:
             logger.warning("job ending with the caller on the line (%s): ending the call", reason)
             await guard.end(f"the agent is shutting down: {reason}")
         await guard.aclose()
+        for task in list(warming):
+            task.cancel()
         await asyncio.gather(
-            stt.aclose(), llm.aclose(), tts.aclose(), announcer.aclose(), return_exceptions=True
+            *warming,
+            stt.aclose(),
+            llm.aclose(),
+            tts.aclose(),
+            announcer.aclose(),
+            return_exceptions=True,
         )
 
     ctx.add_shutdown_callback(_on_shutdown)
@@ -301,6 +309,17 @@ async def entrypoint(ctx: JobContext) -> None:
     except (NotImplementedError, RuntimeError, ValueError) as err:  # not the main thread
         logger.warning("cannot end calls on the worker's signal: %s", err)
     metrics = TurnMetricsLog(call_id)
+    warming: set[asyncio.Task[bool]] = set()
+
+    def _prefill() -> None:
+        # The next prompt is known once the agent has spoken: prefill it now, off the caller's
+        # critical path (worker.agent.plugins.llm_prefill).
+        if not cfg.llm.prefill:
+            return
+        agent = session.current_agent
+        task = asyncio.create_task(prefill_call(llm, agent.chat_ctx, tools=agent.tools))
+        warming.add(task)
+        task.add_done_callback(warming.discard)
 
     @session.on("conversation_item_added")
     def _on_item(ev: ConversationItemAddedEvent) -> None:
@@ -311,6 +330,8 @@ async def entrypoint(ctx: JobContext) -> None:
             # livekit-agents keeps only the part the caller heard in the history.
             logger.info("call %s: answer interrupted; the history keeps what was heard", call_id)
         metrics.on_message(item.role, item.text_content or "", dict(item.metrics or {}))
+        if item.role == "assistant":
+            _prefill()
 
     @session.on("user_state_changed")
     def _on_user_state(ev: UserStateChangedEvent) -> None:
@@ -352,6 +373,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await session.start(
         agent=VoiceAgent(cfg, announcer, recovered=recovered), room=ctx.room, record=False
     )
+    _prefill()  # the system prompt, while the greeting plays
     logger.info(
         "session started for call %s (inference at %s%s)",
         call_id,

@@ -66,6 +66,9 @@ class LLMSettings(_Strict):
     answer needs the last few turns, and the first answer after a trim prefills the whole
     window: about 600 tokens, measured 8.4 ms each on the 2-core CPU box with the bundled
     model. Raise it on a GPU."""
+    prefill: bool = True
+    """Prefill the call's next prompt on the server right after each answer (and the system
+    prompt during the greeting), so a turn only prefills the caller's new words."""
     max_sentences: Annotated[int, Field(ge=1, le=20)] | None = 2
     """A reply ends after this many sentences (its generation is cancelled on the server): a
     phone answer is short, and the rest would be talked over. null: only ``max_tokens``."""
@@ -78,21 +81,21 @@ class TurnConfig(_Strict):
 
     The stage-by-stage budget these settings trade against is in docs/latency.md."""
 
-    detector: Literal["vad", "transcript", "local_eot"] = "vad"
+    detector: Literal["vad", "transcript", "local_eot"] = "transcript"
     """``vad``: the turn ends ``min_endpointing_delay_s`` after Silero VAD's end of speech.
     ``transcript``: the same, but a final transcript that stops mid-sentence ("the status of
     my") waits up to ``max_endpointing_delay_s`` (:mod:`worker.agent.end_of_turn`).
     ``local_eot``: LiveKit's audio end-of-turn model (``turn-detector-v1-mini``, shipped inside
     the ``livekit-local-inference`` wheel, run in the job process): a likely end of turn waits
     ``min_endpointing_delay_s``, an unlikely one up to ``max_endpointing_delay_s``."""
-    min_endpointing_delay_s: Annotated[float, Field(ge=0)] = 0.4
-    max_endpointing_delay_s: Seconds = 3.0
+    min_endpointing_delay_s: Annotated[float, Field(ge=0)] = 0.25
+    max_endpointing_delay_s: Seconds = 1.5
     preemptive_generation: bool = True
     """Start the LLM on the final transcript before the turn is committed; dropped (and its
     engine work cancelled) when the caller goes on speaking."""
     preemptive_tts: bool = False
     """Also synthesize before the commit (more wasted work when the caller goes on)."""
-    min_interruption_s: Annotated[float, Field(ge=0)] = 0.5
+    min_interruption_s: Annotated[float, Field(ge=0)] = 0.2
     """Caller speech over the agent for this long pauses the agent's audio."""
     allow_interruptions: bool = True
     resume_false_interruption: bool = True
@@ -127,7 +130,7 @@ class TurnConfig(_Strict):
     need them (measured on the 2-core dev box: final 0.9 s after flush without, 1.1-1.5 s
     with)."""
     vad_activation_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
-    vad_min_silence_s: Seconds = 0.35
+    vad_min_silence_s: Seconds = 0.2
     vad_min_speech_s: Seconds = 0.05
 
     @model_validator(mode="after")
