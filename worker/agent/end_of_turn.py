@@ -21,13 +21,16 @@ from livekit.agents.llm import ChatContext, ChatMessage
 
 __all__ = ["TranscriptEndOfTurn", "sentence_unfinished"]
 
-# Words that end an English sentence only in rare constructions; object pronouns, auxiliaries
-# ("Yes, I do."), "in"/"on" ("log in"), "that" ("I want that") are left out on purpose.
+# Words that end an English sentence only in rare constructions. Object pronouns, auxiliaries
+# ("Yes, I do.") and "that" ("I want that") are left out on purpose. "in" and "on" are in
+# although "I can't log in." ends with one: waiting for more costs at most
+# max_endpointing_delay_s, answering into a pause costs the caller's sentence, and Whisper tiny
+# hears a trailing "of" as "on" ("the price of ..." -> "the price on.").
 _DANGLING = frozenset(
     """
     a an the my your our their his her its some any every
     and or but because if when while than as nor
-    to of for with about from at by into onto between
+    to of for with about from at by in on into onto between
     i we he she they
     um uh er erm
     """.split()
