@@ -98,3 +98,19 @@ def test_caller_script_places_utterances_on_the_timeline(tmp_path: Path) -> None
         # The energy VAD ends a little early on quiet word endings; the schedule is exact.
         assert seg.end_s == pytest.approx(utt.end_s, abs=0.12)
     assert script.utterances[0].start_s == 2.0
+
+
+def test_demo_agent_breakdown_adds_the_media_legs(tmp_path: Path) -> None:
+    from worker.caller.demo import agent_breakdown
+
+    log = tmp_path / "agent.log"
+    log.write_text(
+        "x INFO voicestack.agent.metrics: call r turn 0: eou=- stt=- llm_ttft=- "
+        "tts_ttfb=90ms e2e=-\n"
+        "x INFO voicestack.agent.metrics: call r turn 1: eou=300ms stt=290ms llm_ttft=150ms "
+        "tts_ttfb=120ms e2e=800ms\n"
+    )
+    text = agent_breakdown(log, [1.2])
+    assert text.splitlines()[-1].split() == ["1", "300", "290", "150", "120", "800", "400"]
+    assert "-" == agent_breakdown(log, [1.2, 1.5]).splitlines()[-1].split()[-1]  # not aligned
+    assert "missing" in agent_breakdown(tmp_path / "none.log")

@@ -135,7 +135,7 @@ def write_plot(runs: Sequence[ConfigRun], path: Path, *, target_ms: float = 600.
             [name for _, name in _STAGES],
             rotation=20,
         )
-        bars.set_ylabel("p50 from the caller's end of speech (ms)")
+        bars.set_ylabel("p50 (ms; definitions in docs/latency.md)")
         bars.set_title("agent breakdown (its own clock)")
         bars.legend()
         fig.tight_layout()

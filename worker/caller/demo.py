@@ -109,12 +109,13 @@ async def place_scripted_call(
     return CallOutcome(script=script, recording=recording, analysis=analysis)
 
 
-def agent_breakdown(agent_log: Path) -> str:
+def agent_breakdown(agent_log: Path, caller_latencies: list[float] | None = None) -> str:
     """The agent's own per-turn timings (its log). ``end_turn``, ``stt_final`` and
     ``agent_e2e`` count from the caller's end of speech as the agent's VAD saw it (turn
     committed, final transcript, first audio frame sent); ``llm_ttft`` and ``tts_ttfb`` are
-    each node's own time to first output. Voice-to-voice minus ``agent_e2e`` is the VAD's view
-    of the end of speech plus the two media legs."""
+    each node's own time to first output. ``media_vad`` is the caller's voice-to-voice minus
+    ``agent_e2e``: both media legs and the VAD's view of the end of speech (shown when the agent
+    logged exactly one turn per caller utterance)."""
     from worker.agent.turn_metrics import parse_turn_lines
 
     if not agent_log.is_file():
@@ -126,15 +127,18 @@ def agent_breakdown(agent_log: Path) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value * 1000:.0f}"
 
+    caller = caller_latencies or []
+    aligned = len(caller) == len(turns)
     lines = ["Agent breakdown (ms; end_turn, stt_final, agent_e2e from the end of speech)"]
     lines.append(
         f"  {'turn':>4}  {'end_turn':>8}  {'stt_final':>9}  {'llm_ttft':>8}  "
-        f"{'tts_ttfb':>8}  {'agent_e2e':>9}"
+        f"{'tts_ttfb':>8}  {'agent_e2e':>9}  {'media_vad':>9}"
     )
-    for t in turns:
+    for i, t in enumerate(turns):
+        gap = caller[i] - t.e2e if aligned and t.e2e is not None else None
         lines.append(
             f"  {t.turn:>4}  {ms(t.end_of_utterance_delay):>8}  {ms(t.stt_delay):>9}  "
-            f"{ms(t.llm_ttft):>8}  {ms(t.tts_ttfb):>8}  {ms(t.e2e):>9}"
+            f"{ms(t.llm_ttft):>8}  {ms(t.tts_ttfb):>8}  {ms(t.e2e):>9}  {ms(gap):>9}"
         )
     return "\n".join(lines)
 
@@ -208,7 +212,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(format_report(outcome.analysis, transport=transport))
     for note in outcome.recording.notes:
         _say(f"note: {note}")
-    _say(agent_breakdown(run_dir / "agent.log"))
+    _say(agent_breakdown(run_dir / "agent.log", outcome.analysis.latencies()))
     _say(f"recording: {run_dir / 'call' / 'heard.wav'}; logs: {run_dir}")
     problems = outcome.analysis.failures()
     if problems:
