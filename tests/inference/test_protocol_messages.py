@@ -73,3 +73,29 @@ def test_control_frames() -> None:
         with pytest.raises(StreamError) as info:
             parse_control(bad, allowed)
         assert info.value.code == ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        ("[" * 60_000 + "]" * 60_000, "nested too deeply"),
+        ('{"type": "push_text", "text": "a\\u0000b"}', "NUL"),
+        ('{"type": "push_text", "text": "a\\ud800b"}', "lone surrogate"),
+    ],
+)
+def test_hostile_control_frames_are_bad_requests(frame: str, why: str) -> None:
+    with pytest.raises(StreamError) as err:
+        parse_control(frame, frozenset({"push_text"}))
+    assert err.value.code == ErrorCode.BAD_REQUEST and why in str(err.value)
+
+
+def test_hostile_text_in_a_start_frame_is_a_bad_request() -> None:
+    start = {
+        "op": "llm",
+        "call_id": "c",
+        "messages": [{"role": "user", "content": "hi \udfff"}],
+    }
+    with pytest.raises(StreamError) as err:
+        parse_start(json.dumps(start))
+    assert err.value.code == ErrorCode.BAD_REQUEST
+    assert "messages[0].content" in str(err.value)

@@ -211,6 +211,26 @@ async def test_binary_first_frame_and_bad_control_frames(inference_server: Runni
     assert err["code"] == "bad_request"
 
 
+async def test_hostile_text_is_a_bad_request_not_an_internal_error(
+    inference_server: RunningServer,
+) -> None:
+    start = json.dumps({"op": "tts", "call_id": "t"})
+    for text in ('"a\\u0000b"', '"a\\ud800b"'):
+        err = await _error(inference_server, start, '{"type": "push_text", "text": ' + text + "}")
+        assert err["code"] == "bad_request", err
+    err = await _error(inference_server, "[" * 5_000 + "]" * 5_000)  # deeper than recursion
+    assert err["code"] == "bad_request" and "deeply" in err["message"]
+    await _assert_still_serving(inference_server)
+
+
+async def test_control_characters_never_reach_piper(inference_server: RunningServer) -> None:
+    events, audio = await _tts(inference_server, ["Hello\x07 there\x1b[31m, and bye.\x7f"])
+    assert [e["type"] for e in events][-1] == "done"
+    spoken = " ".join(e["text"] for e in events if e["type"] == "audio_start")
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in spoken), spoken
+    assert len(audio) > 0
+
+
 async def test_stt_language_the_model_does_not_know(inference_server: RunningServer) -> None:
     err = await _error(
         inference_server, json.dumps({"op": "stt", "call_id": "t", "language": "de"})

@@ -107,9 +107,32 @@ def _json_object(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise StreamError(ErrorCode.BAD_REQUEST, f"malformed JSON: {err}") from None
+    except RecursionError:
+        # e.g. 60k nested brackets: the decoder recurses per level.
+        raise StreamError(ErrorCode.BAD_REQUEST, "malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise StreamError(ErrorCode.BAD_REQUEST, "a text frame must be a JSON object")
+    _check_strings(data, "(message)")
     return data
+
+
+def _check_strings(value: object, where: str) -> None:
+    """Refuse NUL and lone surrogates anywhere in a frame: JSON escapes can carry them, and
+    tokenizers, Piper and UTF-8 encoders downstream fail on them (once as an internal error)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise StreamError(ErrorCode.BAD_REQUEST, f"{where}: text contains a NUL character")
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            raise StreamError(
+                ErrorCode.BAD_REQUEST, f"{where}: text is not valid Unicode (a lone surrogate)"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, where)
+            _check_strings(item, f"{key}" if where == "(message)" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_strings(item, f"{where}[{i}]")
 
 
 def parse_start(text: str) -> StartMessage:

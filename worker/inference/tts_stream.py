@@ -8,6 +8,7 @@ for the whole sentence. The first clause of a burst is critical work; later clau
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ __all__ = ["run_tts_stream"]
 
 _CONTROL = frozenset({"push_text", "flush", "end_input", "cancel"})
 _CHUNK_S = 0.1  # audio frame length sent to the client
+
+
+_UNSPEAKABLE = re.compile(r"[\x01-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class _TtsStream:
             self.segment += 1
 
     def push(self, text: str, *, final: bool) -> None:
+        # Piper reads characters, not bytes of intent: control characters become spaces
+        # (NUL and lone surrogates were refused as bad_request by the protocol).
+        text = _UNSPEAKABLE.sub(" ", text)
         if len(self.pending) + len(text) + self.queued_chars > self.max_chars:
             raise StreamError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
