@@ -14,6 +14,9 @@ from worker.stack.plan import tool_path
 from worker.stack.render import LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, project_root
 from worker.telephony.checks import check_stack
 
+AGENT = "config/agent.yaml"
+INFERENCE = "config/inference.yaml"
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # A production environment as an operator would write it (private addresses, real-length secret).
@@ -36,7 +39,7 @@ def _root_with(tmp_path: Path, name: str, patch_file: str) -> Path:
     """A copy of the shipped configs with ``patch_file``'s keys merged into file ``name``."""
     root = tmp_path / "root"
     (root / "config").mkdir(parents=True)
-    for rel in (LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG):
+    for rel in (LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, AGENT, INFERENCE):
         shutil.copy(project_root() / rel, root / rel)
     data = yaml.safe_load((root / name).read_text())
     patch = yaml.safe_load((FIXTURES / patch_file).read_text())
@@ -121,6 +124,12 @@ def test_telephony_rule_fixtures_fail(fixture: str, expected: str) -> None:
         (LIVEKIT_CONFIG, "livekit_public_endpoints.yaml", "'8.8.8.8:6379' is a public address"),
         (SIP_CONFIG, "sip_public_ws_url.yaml", "jaeger_url host '8.8.4.4' is a public address"),
         (SIP_CONFIG, "sip_public_ws_url.yaml", "ws_url '1.1.1.1' is a public address"),
+        (
+            LIVEKIT_CONFIG,
+            "livekit_redis_lan_no_password.yaml",
+            "10.0.0.5:6379 is not loopback and redis.password is empty",
+        ),
+        (SIP_CONFIG, "sip_bad_port.yaml", "sip_port 99999 is not a port number"),
     ],
 )
 def test_server_config_fixtures_fail(
@@ -180,3 +189,71 @@ def test_livekit_server_strict_parser_checks_the_rendered_config(tmp_path: Path)
     problems = check_stack(Profile.PROD, PROD_ENV, root=root, livekit_binary=binary).problems
     assert len(problems) == 1, problems
     assert "livekit-server rejects it" in problems[0] and "field bogus_key not found" in problems[0]
+
+
+def _trunk_yaml(**trunk: object) -> str:
+    base: dict[str, object] = {"name": "pbx", "numbers": ["+15550100"]}
+    base.update(trunk)
+    return yaml.safe_dump(
+        {
+            "agent_name": "voicestack-agent",
+            "trunks": [base],
+            "dispatch_rules": [{"name": "pbx-to-agent", "trunks": ["pbx"]}],
+        }
+    )
+
+
+STRONG = {"auth_username": "pbx", "auth_password": "correct-horse-battery"}
+
+
+@pytest.mark.parametrize(
+    ("trunk", "expected"),
+    [
+        ({"allowed_addresses": ["0.0.0.0/0"]}, "admits every address"),
+        ({"allowed_addresses": ["::/0"], **STRONG}, "admits every address"),
+        ({"allowed_addresses": ["93.184.216.34/32"]}, "public and the trunk has no digest auth"),
+        ({"allowed_addresses": ["198.51.0.0/16"], **STRONG}, "admits a whole public network"),
+        (
+            {"allowed_addresses": ["10.0.0.20/32"], "auth_username": "u", "auth_password": "abc"},
+            "auth_password has 3 characters",
+        ),
+        ({"allowed_addresses": ["10.0.0.20/32"], "numbers": ["call-me"]}, "is not a phone number"),
+        (
+            {"allowed_addresses": ["10.0.0.20/32"], "allowed_numbers": ["+1 555"]},
+            "is not a phone number",
+        ),
+    ],
+)
+def test_unsafe_trunks_are_refused(tmp_path: Path, trunk: dict[str, object], expected: str) -> None:
+    path = tmp_path / "telephony.yaml"
+    path.write_text(_trunk_yaml(**trunk))
+    problems = _problems(telephony_path=path)
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+
+
+@pytest.mark.parametrize(
+    "trunk",
+    [
+        {"allowed_addresses": ["10.0.0.20/32", "192.168.1.0/24", "fd00::/64"]},
+        {"allowed_addresses": ["93.184.216.34/32"], **STRONG},
+        {"numbers": ["1001"], **STRONG},
+    ],
+)
+def test_safe_trunks_pass(tmp_path: Path, trunk: dict[str, object]) -> None:
+    path = tmp_path / "telephony.yaml"
+    path.write_text(_trunk_yaml(**trunk))
+    assert _problems(telephony_path=path) == []
+
+
+def test_agent_config_must_agree_with_telephony_and_the_server(tmp_path: Path) -> None:
+    agent = yaml.safe_load((project_root() / AGENT).read_text())
+    agent["worker"]["agent_name"] = "someone-else"
+    agent["llm"]["max_tokens"] = 4096  # the shipped inference cap is 512
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(agent))
+    problems = _problems(agent_path=path)
+    assert any("differs from config/telephony.yaml's agent_name" in p for p in problems), problems
+    assert any("above the inference server's cap llm.max_tokens 512" in p for p in problems)
+    path.write_text("persona: {}\n")
+    assert any(str(path) in p and "persona" in p for p in _problems(agent_path=path))

@@ -9,6 +9,7 @@ validators of these models, so a config that would let anyone call in cannot eve
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,6 +49,42 @@ def _check_address(value: str) -> str:
         ) from None
 
 
+_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
+MIN_PASSWORD_CHARS = 12
+"""Digest auth is tried online at SIP speed: a short password falls to a dictionary."""
+
+
+def _check_number(value: str) -> str:
+    text = value.strip()
+    if not _NUMBER.match(text):
+        raise ValueError(
+            f"{value!r} is not a phone number (3-15 digits, optionally with a leading +)"
+        )
+    return text
+
+
+def _admission_problem(
+    trunk: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network, has_auth: bool
+) -> str | None:
+    """Why an allowlist entry lets too many callers in, or None."""
+    if network.prefixlen == 0:
+        return f"trunk {trunk!r}: allowed_addresses {network} admits every address"
+    if network.is_private or network.is_loopback or network.is_link_local:
+        return None
+    wide = 24 if network.version == 4 else 48
+    if network.prefixlen < wide:
+        return (
+            f"trunk {trunk!r}: allowed_addresses {network} admits a whole public network "
+            f"(wider than /{wide}); name the PBX/SBC addresses"
+        )
+    if not has_auth:
+        return (
+            f"trunk {trunk!r}: allowed_addresses {network} is public and the trunk has no digest "
+            "auth: a UDP source address can be spoofed; add auth_username/auth_password"
+        )
+    return None
+
+
 class InboundTrunkConfig(_Strict):
     """One inbound SIP trunk (a PBX/SBC that may send us calls)."""
 
@@ -55,6 +92,12 @@ class InboundTrunkConfig(_Strict):
     numbers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     allowed_addresses: list[str] = Field(default_factory=list)
     allowed_numbers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @field_validator("numbers", "allowed_numbers")
+    @classmethod
+    def _numbers_are_numbers(cls, values: list[str]) -> list[str]:
+        return [_check_number(v) for v in values]
+
     auth_username: str | None = None
     auth_password: str | None = None
     ringing_timeout_s: float = Field(default=15.0, gt=0, le=300)
@@ -77,6 +120,17 @@ class InboundTrunkConfig(_Strict):
                 f"trunk {self.name!r} has neither allowed_addresses nor digest auth "
                 "(auth_username/auth_password): anyone on the network could call in"
             )
+        if self.auth_password and len(self.auth_password) < MIN_PASSWORD_CHARS:
+            raise ValueError(
+                f"trunk {self.name!r}: auth_password has {len(self.auth_password)} characters; "
+                f"digest auth needs at least {MIN_PASSWORD_CHARS}"
+            )
+        for entry in self.allowed_addresses:
+            problem = _admission_problem(
+                self.name, ipaddress.ip_network(entry, strict=False), has_user
+            )
+            if problem:
+                raise ValueError(problem)
         return self
 
 

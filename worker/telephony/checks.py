@@ -104,6 +104,76 @@ def check_api_keys(keys: Mapping[str, str], profile: Profile, source: str) -> li
     return problems
 
 
+def _redis_problems(src: str, redis: Any) -> list[str]:
+    """Redis off loopback must have a password: it holds call state and dispatch."""
+    redis = redis if isinstance(redis, Mapping) else {}
+    address = str(redis.get("address") or "")
+    if not address:
+        return []
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    ip = _ip(host)
+    if host == "localhost" or (ip is not None and ip.is_loopback):
+        return []
+    if redis.get("password"):
+        return []
+    return [
+        f"{src}: redis.address {address} is not loopback and redis.password is empty: anyone "
+        "who reaches it can read call state and forge dispatches (set REDIS_PASSWORD)"
+    ]
+
+
+def _port_problems(src: str, conf: Mapping[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """Each of ``keys`` (dotted) that is set must be a port number 1-65535."""
+    problems: list[str] = []
+    for key in keys:
+        node: Any = conf
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, int) or not 1 <= node <= 65535:
+            problems.append(f"{src}: {key} {node!r} is not a port number (1-65535)")
+    return problems
+
+
+def check_voice_configs(
+    root: Path, telephony: TelephonyConfig | None, agent_path: Path | None = None
+) -> list[str]:
+    """``config/agent.yaml`` and ``config/inference.yaml`` load, and agree with each other and
+    with the telephony config (a mismatch fails every call, not the start)."""
+    from worker.config.agent import load_agent_config
+    from worker.config.inference import InferenceConfig
+    from worker.config.loader import load_model
+
+    problems: list[str] = []
+    agent_path = agent_path or root / "config" / "agent.yaml"
+    inference_path = root / "config" / "inference.yaml"
+    agent = inference = None
+    try:
+        agent = load_agent_config(agent_path)
+    except ConfigError as err:
+        problems.append(str(err))
+    try:
+        inference = load_model(inference_path, InferenceConfig)
+    except ConfigError as err:
+        problems.append(str(err))
+    if agent is not None and telephony is not None:
+        if agent.worker.agent_name != telephony.agent_name:
+            problems.append(
+                f"{agent_path}: worker.agent_name {agent.worker.agent_name!r} differs from "
+                f"{TELEPHONY_CONFIG}'s agent_name {telephony.agent_name!r}: no call would "
+                "reach an agent"
+            )
+    if agent is not None and inference is not None:
+        if agent.llm.max_tokens > inference.llm.max_tokens:
+            problems.append(
+                f"{agent_path}: llm.max_tokens {agent.llm.max_tokens} is above the inference "
+                f"server's cap llm.max_tokens {inference.llm.max_tokens} ({inference_path}): "
+                "every LLM request would be refused"
+            )
+    return problems
+
+
 def check_livekit_server(conf: Mapping[str, Any]) -> list[str]:
     """Production shape of livekit-server's config: no dev mode, zero outbound connections."""
     src = LIVEKIT_CONFIG
@@ -155,6 +225,12 @@ def check_livekit_server(conf: Mapping[str, Any]) -> list[str]:
         if problem:
             problems.append(f"{src}: {problem}")
     problems += _public_ip_problems(src, "redis.address", (conf.get("redis") or {}).get("address"))
+    problems += _redis_problems(src, conf.get("redis"))
+    problems += _port_problems(
+        src,
+        conf,
+        ("port", "rtc.tcp_port", "rtc.udp_port", "rtc.port_range_start", "rtc.port_range_end"),
+    )
     if not (conf.get("redis") or {}).get("address"):
         problems.append(f"{src}: redis.address is not set: livekit-sip needs redis")
     if conf.get("keys"):
@@ -201,6 +277,10 @@ def check_sip(conf: Mapping[str, Any]) -> list[str]:
     else:
         problems += _public_ip_problems(src, "ws_url", urlsplit(str(conf["ws_url"])).hostname)
     problems += _public_ip_problems(src, "redis.address", (conf.get("redis") or {}).get("address"))
+    problems += _redis_problems(src, conf.get("redis"))
+    problems += _port_problems(
+        src, conf, ("sip_port", "sip_port_listen", "health_port", "prometheus_port")
+    )
     if conf.get("jaeger_url"):
         problem = _local_endpoint_problem(
             "jaeger_url host", urlsplit(str(conf["jaeger_url"])).hostname or ""
@@ -262,6 +342,7 @@ def check_stack(
     root: Path | None = None,
     telephony_path: Path | None = None,
     livekit_binary: Path | None = None,
+    agent_path: Path | None = None,
 ) -> CheckReport:
     """Render and check every config for ``profile``; collect all problems (never stop at one).
 
@@ -299,4 +380,5 @@ def check_stack(
         report.telephony = load_telephony(path, stack.env)
     except ConfigError as err:
         report.problems.append(str(err))
+    report.problems += check_voice_configs(stack.root, report.telephony, agent_path)
     return report

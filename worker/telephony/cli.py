@@ -67,7 +67,7 @@ def _check_config(args: argparse.Namespace) -> int:
     print(
         f"check-config: OK (profile {args.profile}): livekit-server.yaml, sip-config.yaml, "
         f"telephony ({len(tel.trunks)} trunk(s), {len(tel.dispatch_rules)} dispatch rule(s), "
-        f"agent {tel.agent_name!r})"
+        f"agent {tel.agent_name!r}), config/agent.yaml, config/inference.yaml"
     )
     return 0
 
