@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"render: {err}", file=sys.stderr)
         return 2
+    # The rendered files carry the Redis password; never the API keys (see module docstring):
+    # outside the loopback profile write_run_files writes no credentials file.
     files = write_run_files(stack, args.out)
-    # The rendered files carry the Redis password; never the API keys (see module docstring).
-    files.credentials.unlink(missing_ok=True)
     print(f"render: wrote {files.livekit_config} and {files.sip_config}")
     return 0
 

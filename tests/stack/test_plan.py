@@ -47,3 +47,41 @@ def test_unknown_component_is_named(tmp_path: Path) -> None:
         PlanError, match=r"unknown component\(s\) redsi; known: redis, livekit, sip"
     ):
         build_plan(stack, files, ("redsi",))
+
+
+def test_secrets_and_logs_stay_owner_only(tmp_path: Path) -> None:
+    from worker.stack.supervisor import _open_log
+
+    _stack, files = _rendered(tmp_path)
+    assert files.run_dir.stat().st_mode & 0o077 == 0
+    assert files.credentials is not None  # loopback: this run's generated key pair
+    assert files.credentials.stat().st_mode & 0o077 == 0
+    log = files.run_dir / "agent.log"
+    log.write_text("left by an earlier run\n")
+    log.chmod(0o644)
+    _open_log(log).close()
+    assert log.stat().st_mode & 0o077 == 0
+
+
+def test_prod_keys_are_never_written_to_disk(tmp_path: Path) -> None:
+    env = {
+        "LIVEKIT_API_KEY": "APIvoicestack01",
+        "LIVEKIT_API_SECRET": "s3cr3t-" + "x" * 40,
+        "LIVEKIT_BIND_ADDRESS": "10.0.0.10",
+        "LIVEKIT_NODE_IP": "10.0.0.10",
+        "LIVEKIT_STUN_SERVER": "10.0.0.10:3478",
+        "LIVEKIT_WS_URL": "ws://10.0.0.10:7880",
+        "REDIS_ADDRESS": "127.0.0.1:6379",
+        "SIP_LISTEN_IP": "10.0.0.10",
+        "SIP_NAT_IP": "10.0.0.10",
+        "PBX_ADDRESS": "10.0.0.20/32",
+        "PBX_NUMBER": "+15550100",
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "credentials.env").write_text("LIVEKIT_API_SECRET=old\n")  # a loopback run's
+    files = write_run_files(render_stack(Profile.PROD, env), run)
+    assert files.credentials is None
+    written = "".join(p.read_text() for p in run.iterdir() if p.is_file())
+    assert env["LIVEKIT_API_SECRET"] not in written
+    assert not (run / "credentials.env").exists()

@@ -31,7 +31,10 @@ def _status_lines(stack: RenderedStack, files: RunFiles, sup: Supervisor) -> lis
     if "sip" in names:
         host, port = stack.sip_address
         lines.append(f"Call SIP     sip:<number>@{host}:{port}  (UDP/TCP)")
-    lines.append(f"Credentials  {files.credentials}")
+    if files.credentials is not None:
+        lines.append(f"Credentials  {files.credentials}  (this run's generated key pair)")
+    else:
+        lines.append("Credentials  LIVEKIT_API_KEY/LIVEKIT_API_SECRET from your environment")
     return lines
 
 

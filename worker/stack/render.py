@@ -223,7 +223,10 @@ class RunFiles:
     livekit_config: Path
     sip_config: Path
     redis_config: Path
-    credentials: Path
+    credentials: Path | None
+    """``credentials.env`` (URL, API key and secret of the run): loopback only, where the key
+    pair was generated for this run; other profiles take the keys from the operator's
+    environment and never write them to disk."""
 
     @property
     def redis_data_dir(self) -> Path:
@@ -241,15 +244,17 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_run_files(stack: RenderedStack, run_dir: Path) -> RunFiles:
-    """Write the rendered configs (and a credentials env file) into ``run_dir``."""
+    """Write the rendered configs (and, loopback only, a credentials env file) into
+    ``run_dir``, which is made owner-only: it holds secrets and the components' logs."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
     header = f"# rendered by voicestack for profile {stack.profile.value}; do not edit\n"
     files = RunFiles(
         run_dir=run_dir,
         livekit_config=run_dir / "livekit-server.yaml",
         sip_config=run_dir / "sip-config.yaml",
         redis_config=run_dir / "redis.conf",
-        credentials=run_dir / "credentials.env",
+        credentials=run_dir / "credentials.env" if stack.profile is Profile.LOOPBACK else None,
     )
     _write_private(files.livekit_config, header + yaml.safe_dump(stack.livekit, sort_keys=False))
     _write_private(files.sip_config, header + yaml.safe_dump(stack.sip, sort_keys=False))
@@ -273,9 +278,13 @@ def write_run_files(stack: RenderedStack, run_dir: Path) -> RunFiles:
         redis_lines.append(f'requirepass "{stack.redis_password}"')
     _write_private(files.redis_config, "\n".join(redis_lines) + "\n")
     # For the other tools of this run (agent, provision, tests): where and how to connect.
-    _write_private(
-        files.credentials,
-        f"LIVEKIT_URL={stack.ws_url}\nLIVEKIT_API_KEY={stack.api_key}\n"
-        f"LIVEKIT_API_SECRET={stack.api_secret}\n",
-    )
+    if files.credentials is not None:
+        _write_private(
+            files.credentials,
+            f"LIVEKIT_URL={stack.ws_url}\nLIVEKIT_API_KEY={stack.api_key}\n"
+            f"LIVEKIT_API_SECRET={stack.api_secret}\n",
+        )
+    else:
+        stale = run_dir / "credentials.env"  # from an earlier loopback run of this directory
+        stale.unlink(missing_ok=True)
     return files

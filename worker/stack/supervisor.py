@@ -388,8 +388,11 @@ async def _exited_within(proc: asyncio.subprocess.Process, limit_s: float) -> bo
 
 
 def _open_log(path: Path) -> IO[bytes]:
-    # Kept open (append) while the child runs, across restarts; closed in _stop().
-    return open(path, "ab")
+    # Kept open (append) while the child runs, across restarts; closed in _stop(). Owner-only:
+    # logs name callers' rooms and numbers, and a child may log what it should not.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # a log left by an earlier run with wider permissions
+    return os.fdopen(fd, "ab")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
