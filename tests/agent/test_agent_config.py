@@ -73,3 +73,17 @@ def test_turn_metrics_log_lines_parse_back(caplog: pytest.LogCaptureFixture) -> 
     assert call == "room-7" and turn.turn == 1
     assert (turn.end_of_utterance_delay, turn.stt_delay, turn.llm_ttft) == (0.4, 0.35, 0.2)
     assert turn.tts_ttfb is None and turn.e2e == 0.9
+
+
+def test_turn_records_carry_no_words_unless_the_operator_asks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for enabled in (False, True):
+        caplog.clear()
+        log = TurnMetricsLog("r", log_transcripts=enabled)
+        log.on_message("user", "my card number is 4111", {})
+        with caplog.at_level(logging.INFO, logger="voicestack.agent.metrics"):
+            log.on_message("assistant", "Thanks.", {})
+        fields = caplog.records[-1].turn_metrics  # type: ignore[attr-defined]
+        assert ("user_text" in fields) is enabled and ("agent_text" in fields) is enabled
+        assert "4111" not in caplog.records[-1].getMessage()

@@ -308,7 +308,7 @@ async def entrypoint(ctx: JobContext) -> None:
         asyncio.get_running_loop().add_signal_handler(END_CALL_SIGNAL, _worker_going_away)
     except (NotImplementedError, RuntimeError, ValueError) as err:  # not the main thread
         logger.warning("cannot end calls on the worker's signal: %s", err)
-    metrics = TurnMetricsLog(call_id)
+    metrics = TurnMetricsLog(call_id, log_transcripts=cfg.worker.log_transcripts)
     warming: set[asyncio.Task[bool]] = set()
 
     def _prefill() -> None:

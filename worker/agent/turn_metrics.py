@@ -70,6 +70,8 @@ class TurnMetrics:
         return {stage: v for stage, v in zip(STAGES, values, strict=True) if v is not None}
 
 
+_TEXT_FIELDS = ("user_text", "agent_text")
+
 _LINE = re.compile(
     r"call (?P<call>\S+) turn (?P<turn>\d+): eou=(?P<eou>\S+) stt=(?P<stt>\S+) "
     r"llm_ttft=(?P<llm>\S+) tts_ttfb=(?P<tts>\S+) e2e=(?P<e2e>\S+)"
@@ -150,9 +152,19 @@ class TurnMetricsLog:
     :func:`default_recorder`).
     """
 
-    def __init__(self, call_id: str, recorder: TurnMetricsRecorder | None = None) -> None:
+    def __init__(
+        self,
+        call_id: str,
+        recorder: TurnMetricsRecorder | None = None,
+        *,
+        log_transcripts: bool = False,
+    ) -> None:
+        """``log_transcripts``: put what the caller and the agent said on the log record too
+        (``worker.log_transcripts``; off by default: callers' words are personal data and a
+        JSON log handler ships every field of a record)."""
         self.call_id = call_id
         self._recorder = recorder
+        self._log_transcripts = log_transcripts
         self.turns: list[TurnMetrics] = []
         self._pending: TurnMetrics | None = None
         self._user_turns = 0
@@ -183,6 +195,13 @@ class TurnMetricsLog:
             "call %s %s",
             self.call_id,
             turn.log_line(),
-            extra={"call_id": self.call_id, "turn_metrics": asdict(turn)},
+            extra={"call_id": self.call_id, "turn_metrics": self._record_fields(turn)},
         )
         return turn
+
+    def _record_fields(self, turn: TurnMetrics) -> dict[str, Any]:
+        fields = asdict(turn)
+        if not self._log_transcripts:
+            for name in _TEXT_FIELDS:
+                fields.pop(name, None)
+        return fields

@@ -162,6 +162,9 @@ class WorkerConfig(_Strict):
     """Serve Prometheus ``/metrics`` here (``lk_agents_*`` and ``voicestack_agent_*``, job
     processes included); 0 or null: off. ``voicestack agent start --prometheus-port``
     overrides it (the loopback stack passes a free port)."""
+    log_transcripts: bool = False
+    """Put what callers and the agent said on per-turn log records. Off: callers' words are
+    personal data, and a JSON log handler ships every field of a record."""
 
 
 class FallbackMessages(_Strict):
