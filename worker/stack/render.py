@@ -42,9 +42,19 @@ TELEPHONY_CONFIG = "config/telephony.yaml"
 # What loopback changes beyond the placeholder values, and why:
 # - livekit-server drops loopback ICE candidates unless told otherwise (everything is on lo);
 # - livekit-sip keeps a closed call's RTP port "draining" for 30 s / 10 min by default, which
-#   would exhaust the small RTP range a test run gets.
+#   would exhaust the small RTP range a test run gets;
+# - livekit-server's ICE/TCP listener binds every interface whatever the config says
+#   (mediatransportutil's rtcconfig: net.ListenTCP with no IP), so loopback turns ICE/TCP off;
+#   its UDP mux binds one socket per local address that passes rtc.ips, so loopback names
+#   127.0.0.1 only. Nothing of a loopback stack listens beyond lo.
 LOOPBACK_OVERRIDES: dict[str, dict[str, Any]] = {
-    LIVEKIT_CONFIG: {"rtc": {"enable_loopback_candidate": True}},
+    LIVEKIT_CONFIG: {
+        "rtc": {
+            "enable_loopback_candidate": True,
+            "tcp_port": 0,
+            "ips": {"includes": ["127.0.0.1/32"]},
+        }
+    },
     SIP_CONFIG: {"rtp_draining_idle_timeout": "1s", "rtp_draining_duration": "5s"},
 }
 

@@ -122,14 +122,19 @@ def _redis_problems(src: str, redis: Any) -> list[str]:
     ]
 
 
-def _port_problems(src: str, conf: Mapping[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """Each of ``keys`` (dotted) that is set must be a port number 1-65535."""
+def _port_problems(
+    src: str, conf: Mapping[str, Any], keys: tuple[str, ...], off_ok: tuple[str, ...] = ()
+) -> list[str]:
+    """Each of ``keys`` (dotted) that is set must be a port number 1-65535 (or 0 for the
+    ``off_ok`` keys, where 0 turns the listener off)."""
     problems: list[str] = []
     for key in keys:
         node: Any = conf
         for part in key.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
         if node is None:
+            continue
+        if node == 0 and key in off_ok:
             continue
         if isinstance(node, bool) or not isinstance(node, int) or not 1 <= node <= 65535:
             problems.append(f"{src}: {key} {node!r} is not a port number (1-65535)")
@@ -230,6 +235,7 @@ def check_livekit_server(conf: Mapping[str, Any]) -> list[str]:
         src,
         conf,
         ("port", "rtc.tcp_port", "rtc.udp_port", "rtc.port_range_start", "rtc.port_range_end"),
+        off_ok=("rtc.tcp_port",),
     )
     if not (conf.get("redis") or {}).get("address"):
         problems.append(f"{src}: redis.address is not set: livekit-sip needs redis")
