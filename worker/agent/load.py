@@ -13,6 +13,8 @@ import threading
 import urllib.error
 import urllib.request
 
+from worker.inference.protocol import auth_headers
+
 __all__ = ["InferenceLoad"]
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,9 @@ class InferenceLoad:
         return min(self._ceiling, self._measure())
 
     def _measure(self) -> float:
+        request = urllib.request.Request(self._url, headers=auth_headers())
         try:
-            with self._opener.open(self._url, timeout=self._timeout) as resp:
+            with self._opener.open(request, timeout=self._timeout) as resp:
                 data = json.loads(resp.read())
             load = float(data["load"])
             accepting = bool(data.get("accepting", True))

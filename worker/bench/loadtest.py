@@ -244,9 +244,11 @@ async def server_means(url: str) -> dict[str, float]:
     import aiohttp
     from prometheus_client.parser import text_string_to_metric_families
 
+    from worker.inference.protocol import auth_headers
+
     try:
         async with (
-            aiohttp.ClientSession(trust_env=False) as http,
+            aiohttp.ClientSession(trust_env=False, headers=auth_headers()) as http,
             http.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(5)) as resp,
         ):
             text = await resp.text()

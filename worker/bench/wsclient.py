@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from worker.inference.protocol import auth_headers
+
 __all__ = ["ServerStream", "StreamError"]
 
 OVERLOADED = "overloaded"
@@ -46,7 +48,9 @@ class ServerStream:
     ) -> ServerStream:
         """Connect to ``url`` (``ws://host:port/v1/stream``) and send the start frame."""
         try:
-            ws = await session.ws_connect(url, autoclose=False, max_msg_size=8 * 1024 * 1024)
+            ws = await session.ws_connect(
+                url, autoclose=False, max_msg_size=8 * 1024 * 1024, headers=auth_headers()
+            )
         except (aiohttp.ClientError, OSError) as err:
             raise StreamError("connect", f"cannot open {start.get('op')} stream: {err}") from err
         stream = cls(ws, str(start.get("op")))

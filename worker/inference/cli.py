@@ -12,6 +12,7 @@ from aiohttp import web
 
 from worker.config.inference import load_inference_config
 from worker.config.loader import ConfigError
+from worker.inference.auth import bind_problem, token_from_env
 from worker.inference.runtime import EngineLoadError
 from worker.inference.server import InferenceServer, build_app
 
@@ -53,14 +54,19 @@ def _command(args: argparse.Namespace) -> int:
             return 2
         updates["port"] = args.port
     config = config.model_copy(update=updates)
+    token = token_from_env()
+    problem = bind_problem(config.host, token)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     server = InferenceServer(config, models, fault_injection=args.fault_injection)
-    return asyncio.run(serve(server))
+    return asyncio.run(serve(server, token))
 
 
-async def serve(server: InferenceServer) -> int:
+async def serve(server: InferenceServer, token: str | None = None) -> int:
     """Bind, load the models, and serve until a signal; the exit status is returned."""
     config = server.config
-    runner = web.AppRunner(build_app(server), handle_signals=False)
+    runner = web.AppRunner(build_app(server, token), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     try:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "TOKEN_ENV",
     "ErrorCode",
     "LlmStart",
     "Message",
@@ -20,6 +21,7 @@ __all__ = [
     "StreamError",
     "SttStart",
     "TtsStart",
+    "auth_headers",
     "error_frame",
     "parse_control",
     "parse_start",
@@ -166,3 +168,16 @@ def parse_control(text: str, allowed: frozenset[str]) -> dict[str, Any]:
         extra = ", ".join(sorted(set(data) - {"type"}))
         raise StreamError(ErrorCode.BAD_REQUEST, f"{kind} takes no fields (got {extra})")
     return data
+
+
+TOKEN_ENV = "VOICESTACK_INFERENCE_TOKEN"
+"""The shared token of the server and its clients (see :mod:`worker.inference.auth`)."""
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """A client's ``Authorization`` header for ``token`` (default: ``$VOICESTACK_INFERENCE_TOKEN``);
+    empty without one (a loopback server without a token needs none)."""
+    import os
+
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from worker.config.inference import InferenceConfig, ResolvedModels
+from worker.inference.auth import token_middleware
 from worker.inference.faults import FaultInjector
 from worker.inference.jobs import EngineSet
 from worker.inference.llm_stream import run_llm_stream
@@ -271,9 +272,10 @@ async def _try_send_error(ctx: StreamContext, code: ErrorCode, message: str) -> 
         pass  # nobody left to tell
 
 
-def build_app(server: InferenceServer) -> web.Application:
-    """The aiohttp application; engines start loading when the app starts."""
-    app = web.Application()
+def build_app(server: InferenceServer, token: str | None = None) -> web.Application:
+    """The aiohttp application; engines start loading when the app starts. With ``token``,
+    ``/v1/*`` needs it (:mod:`worker.inference.auth`)."""
+    app = web.Application(middlewares=[token_middleware(token)] if token else [])
     app.router.add_get("/healthz", server.healthz)
     app.router.add_get("/readyz", server.readyz)
     app.router.add_get("/metrics", server.metrics_handler)

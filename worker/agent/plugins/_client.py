@@ -20,6 +20,8 @@ import aiohttp
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError, utils
 from livekit.agents.utils import aio
 
+from worker.inference.protocol import auth_headers
+
 __all__ = [
     "InferenceClient",
     "InferencePlugin",
@@ -200,10 +202,11 @@ class InferenceStream:
 async def get_json(base_url: str, path: str, *, timeout_s: float) -> tuple[int, Any]:
     """One ``GET`` of the inference server's ``path``: ``(status, JSON body or None)``;
     ``(0, None)`` when it does not answer in ``timeout_s`` (health and capacity probes)."""
+    url = base_url.rstrip("/") + path
     try:
         async with (
-            aiohttp.ClientSession(trust_env=False) as http,
-            http.get(base_url.rstrip("/") + path, timeout=aiohttp.ClientTimeout(timeout_s)) as resp,
+            aiohttp.ClientSession(trust_env=False, headers=auth_headers()) as http,
+            http.get(url, timeout=aiohttp.ClientTimeout(timeout_s)) as resp,
         ):
             try:
                 return resp.status, await resp.json(content_type=None)
@@ -262,8 +265,9 @@ class InferenceClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # trust_env=False: never route loopback inference traffic through a proxy.
-            self._session = aiohttp.ClientSession(trust_env=False)
+            # trust_env=False: never route loopback inference traffic through a proxy. The
+            # shared token (if the operator set one) goes with every request.
+            self._session = aiohttp.ClientSession(trust_env=False, headers=auth_headers())
         return self._session
 
     async def open(
