@@ -300,3 +300,40 @@ async def test_call_beyond_admission_limit_is_refused_at_once(
     cap = await _wait_all_free(server)
     assert cap["active_calls"] == 0
     assert 'voicestack_inference_calls_total{decision="refused"} 1.0' in await _metrics(server)
+
+
+async def test_one_call_id_cannot_pile_up_streams(fresh_server: RunningServer) -> None:
+    """Admission counts calls: a client reusing an admitted call id gets at most
+    ``limits.max_streams_per_call`` streams, not a way around ``max_calls``."""
+    server = fresh_server
+    per_call = server.server.config.limits.max_streams_per_call
+    async with aiohttp.ClientSession() as s:
+        held = []
+        for i in range(per_call):
+            ws = await s.ws_connect(server.ws_url)
+            await ws.send_json({"op": ("tts", "stt")[i % 2], "call_id": "greedy"})
+            held.append(ws)
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if server.server.engines._streams_per_call.get("greedy", 0) >= per_call:
+                    break
+                await asyncio.sleep(0.02)
+        extra = await s.ws_connect(server.ws_url)
+        await extra.send_json({"op": "tts", "call_id": "greedy"})
+        frames = await _frames(extra)
+        assert frames[0]["type"] == "error" and frames[0]["code"] == "overloaded", frames
+        assert "open streams" in frames[0]["message"]
+        await held.pop().close()  # one freed: the call may open one again
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if server.server.engines._streams_per_call.get("greedy", 0) < per_call:
+                    break
+                await asyncio.sleep(0.02)
+        again = await s.ws_connect(server.ws_url)
+        await again.send_json({"op": "llm", "call_id": "greedy", "max_tokens": 2,
+                               "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip
+        frames = await _frames(again)
+        assert frames[-1]["type"] == "done", frames
+        for ws in held:
+            await ws.close()
+    await _wait_all_free(server)

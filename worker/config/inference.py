@@ -142,6 +142,15 @@ class LimitsConfig(_Strict):
     max_streams_stt: int = Field(16, ge=1)
     max_streams_llm: int = Field(16, ge=1)
     max_streams_tts: int = Field(16, ge=1)
+    max_streams_per_call: int = Field(
+        6,
+        ge=3,
+        le=64,
+        description=(
+            "open streams one call id may hold (an agent call uses STT, one or two LLM and TTS "
+            "streams): admission counts calls, so streams beyond this are refused"
+        ),
+    )
     max_queue: int = Field(64, ge=1, description="waiting work items per engine")
     stuck_step_s: float = Field(
         10.0, gt=0, description="a step running longer makes /readyz 503 (a hung engine)"

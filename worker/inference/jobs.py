@@ -291,8 +291,15 @@ class EngineSet:
         """A stream of ``call_id`` starts: admit the call if it is new (refusal: the decision
         says why). Every accepted open must be paired with :meth:`close_call_stream`."""
         if call_id in self._streams_per_call:
-            self._streams_per_call[call_id] += 1
             load = self.admission.load(time.monotonic())
+            limit = self.config.limits.max_streams_per_call
+            if self._streams_per_call[call_id] >= limit:
+                # A call's own streams are a handful (STT, an LLM reply and a prefill, TTS):
+                # more means a client is piling work onto an admitted call id, around max_calls.
+                return Decision(
+                    False, f"call {call_id!r} already has {limit} open streams", load, load
+                )
+            self._streams_per_call[call_id] += 1
             return Decision(True, "call already admitted", load, load)
         decision = self.admission.admit_call(call_id, time.monotonic())
         if decision.accepted:
