@@ -464,3 +464,23 @@ async def test_concurrent_clients_all_complete(inference_server: RunningServer) 
     assert results[5] == ["Goodbye and have a nice day."]
     cap = await _wait_idle(inference_server)
     assert cap["load"] == 0.0
+
+
+async def test_connections_that_never_start_are_capped(inference_server: RunningServer) -> None:
+    """Idle upgraded connections (no start frame) are refused beyond
+    ``limits.max_unstarted_connections`` with HTTP 503; real streams keep being served."""
+    server = inference_server.server
+    limit = server.config.limits.max_unstarted_connections
+    async with aiohttp.ClientSession() as s:
+        idle = [await s.ws_connect(inference_server.ws_url) for _ in range(limit)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(inference_server.ws_url)
+        assert err.value.status == 503
+        for ws in idle:
+            await ws.close()
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if server._unstarted == 0:
+                    break
+                await asyncio.sleep(0.02)
+    await _assert_still_serving(inference_server)

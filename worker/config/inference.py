@@ -142,6 +142,15 @@ class LimitsConfig(_Strict):
     max_streams_stt: int = Field(16, ge=1)
     max_streams_llm: int = Field(16, ge=1)
     max_streams_tts: int = Field(16, ge=1)
+    max_unstarted_connections: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description=(
+            "WebSocket connections that have not sent their start frame yet (each waits up to "
+            "10 s); beyond this new connections get HTTP 503"
+        ),
+    )
     max_streams_per_call: int = Field(
         6,
         ge=3,

@@ -67,6 +67,7 @@ class InferenceServer:
         )
         self.active: dict[str, int] = dict.fromkeys(OPS, 0)
         self._sockets: set[web.WebSocketResponse] = set()
+        self._unstarted = 0  # connections upgraded, start frame not yet read
         self._ids = itertools.count(1)
         limits = config.limits
         self._max_streams = {
@@ -155,15 +156,34 @@ class InferenceServer:
         log.warning("fault injection armed: %s", faults.armed())
         return web.json_response({"armed": faults.armed()})
 
-    async def stream_handler(self, request: web.Request) -> web.WebSocketResponse:
+    async def stream_handler(self, request: web.Request) -> web.StreamResponse:
         limits = self.config.limits
+        if self._unstarted >= limits.max_unstarted_connections:
+            # Connections that never send a start frame cost a socket each for up to
+            # _START_TIMEOUT_S: thousands of them would starve real clients. Refuse before the
+            # upgrade; streams already running are not affected.
+            self.metrics.requests.labels("unknown", "too_many_unstarted").inc()
+            return web.json_response(
+                {
+                    "type": "error",
+                    "code": ErrorCode.OVERLOADED.value,
+                    "message": f"more than {limits.max_unstarted_connections} connections "
+                    "waiting to start a stream",
+                },
+                status=503,
+            )
         # aiohttp itself refuses (close 1009) frames beyond twice our limit, so an oversized
         # frame is never buffered whole; between the limit and that, we answer with our error.
         ws = web.WebSocketResponse(
             max_msg_size=2 * max(limits.max_audio_frame_bytes, limits.max_text_frame_bytes),
             heartbeat=_HEARTBEAT_S,
         )
-        await ws.prepare(request)
+        self._unstarted += 1  # counted from before the upgrade: a burst cannot overshoot
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self._unstarted -= 1
+            raise
         self._sockets.add(ws)
         stream_id = f"s{next(self._ids)}"
         ctx = StreamContext(ws, self.engines, self.config, self.metrics, stream_id)
@@ -172,7 +192,10 @@ class InferenceServer:
         admitted = False
         call_open: str | None = None
         try:
-            start = await self._read_start(ctx)
+            try:
+                start = await self._read_start(ctx)
+            finally:
+                self._unstarted -= 1
             op = start.op
             self._admit(op)
             admitted = True
