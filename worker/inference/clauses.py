@@ -7,6 +7,7 @@ splitting too eagerly makes prosody choppy, so commas only split once a clause i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 __all__ = ["first_chunk", "split_clauses"]
 
@@ -41,16 +42,26 @@ def _ends_with_abbreviation(text: str) -> bool:
 _WORD_END = re.compile(r"\S(?=\s)")
 
 
+def _clause_ends(text: str, min_comma_chars: int) -> Iterator[int]:
+    """End offsets in ``text`` of the clauses :func:`split_clauses` describes, in order."""
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        end = match.end()
+        candidate = text[start:end]
+        mark = match.group(0)
+        if mark == "," and len(candidate.strip()) < min_comma_chars:
+            continue
+        if mark.startswith(".") and _ends_with_abbreviation(candidate):
+            continue
+        yield end
+        start = end
+
+
 def first_chunk(text: str, max_words: int) -> tuple[str, str] | None:
     """The first chunk of a reply, cut early for a fast first audio: up to the first clause
     mark (a comma too, however short the clause) or after ``max_words`` complete words,
     whichever comes first; ``None`` while neither is there yet. Returns ``(chunk, rest)``."""
-    boundary = _BOUNDARY.search(text)
-    while boundary is not None and boundary.group(0).startswith("."):
-        if not _ends_with_abbreviation(text[: boundary.end()]):
-            break
-        boundary = _BOUNDARY.search(text, boundary.end())
-    cut = boundary.end() if boundary is not None else None
+    cut = next(_clause_ends(text, min_comma_chars=0), None)
     ends = [m.end() for m in _WORD_END.finditer(text)]
     if len(ends) >= max_words and (cut is None or ends[max_words - 1] < cut):
         cut = ends[max_words - 1]
@@ -70,16 +81,9 @@ def split_clauses(
     """
     clauses: list[str] = []
     start = 0
-    for match in _BOUNDARY.finditer(text):
-        end = match.end()
-        candidate = text[start:end]
-        mark = match.group(0)
-        if mark == "," and len(candidate.strip()) < min_comma_chars:
-            continue
-        if mark.startswith(".") and _ends_with_abbreviation(candidate):
-            continue
-        if candidate.strip():
-            clauses.append(candidate.strip())
+    for end in _clause_ends(text, min_comma_chars):
+        if text[start:end].strip():
+            clauses.append(text[start:end].strip())
         start = end
     remainder = text[start:]
     if final:
