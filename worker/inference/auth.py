@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -23,7 +22,6 @@ from worker.inference.protocol import TOKEN_ENV
 __all__ = [
     "MIN_TOKEN_CHARS",
     "bind_problem",
-    "token_from_env",
     "token_middleware",
 ]
 
@@ -31,11 +29,6 @@ MIN_TOKEN_CHARS = 24
 _PROTECTED = "/v1/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def token_from_env() -> str | None:
-    """The shared token, or None when unset or empty."""
-    return os.environ.get(TOKEN_ENV) or None
 
 
 def _is_loopback(host: str) -> bool:

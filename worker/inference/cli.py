@@ -12,7 +12,8 @@ from aiohttp import web
 
 from worker.config.inference import load_inference_config
 from worker.config.loader import ConfigError
-from worker.inference.auth import bind_problem, token_from_env
+from worker.inference.auth import bind_problem
+from worker.inference.protocol import token_from_env
 from worker.inference.runtime import EngineLoadError
 from worker.inference.server import InferenceServer, build_app
 

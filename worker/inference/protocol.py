@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -174,10 +175,13 @@ TOKEN_ENV = "VOICESTACK_INFERENCE_TOKEN"
 """The shared token of the server and its clients (see :mod:`worker.inference.auth`)."""
 
 
-def auth_headers(token: str | None = None) -> dict[str, str]:
-    """A client's ``Authorization`` header for ``token`` (default: ``$VOICESTACK_INFERENCE_TOKEN``);
-    empty without one (a loopback server without a token needs none)."""
-    import os
+def token_from_env() -> str | None:
+    """The shared token from ``$VOICESTACK_INFERENCE_TOKEN``; None when unset or empty."""
+    return os.environ.get(TOKEN_ENV) or None
 
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """A client's ``Authorization`` header for ``token`` (default: :func:`token_from_env`);
+    empty without one (a loopback server without a token needs none)."""
+    token = token if token is not None else token_from_env()
     return {"Authorization": f"Bearer {token}"} if token else {}
