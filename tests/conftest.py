@@ -11,18 +11,17 @@ run (a skip there hides a broken setup). Anything else that misses a binary or m
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from worker.config.telephony import TelephonyConfig, load_telephony
+from worker.config.telephony import TelephonyConfig
 from worker.process_exit import exit_process, rtc_runtime_live
 from worker.stack.loopback import LoopbackStack, loopback_stack
 from worker.stack.plan import SIP_UNAVAILABLE, tool_path
-from worker.telephony.provision import ProvisionResult, provision
+from worker.telephony.provision import ProvisionResult, provision_loopback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -122,8 +121,5 @@ def provisioned_stack(
 ) -> tuple[LoopbackStack, TelephonyConfig, ProvisionResult]:
     """``livekit_stack`` with the shipped ``config/telephony.yaml`` provisioned (loopback values:
     trunk number +15550100, callers from 127.0.0.1/32, rule dispatching ``agent_name``)."""
-    cfg = load_telephony(livekit_stack.rendered.telephony_path, livekit_stack.rendered.env)
-    result = asyncio.run(
-        provision(cfg, livekit_stack.livekit_url, livekit_stack.api_key, livekit_stack.api_secret)
-    )
+    cfg, result = provision_loopback(livekit_stack)
     return livekit_stack, cfg, result

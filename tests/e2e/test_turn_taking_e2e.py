@@ -20,8 +20,7 @@ from tests_e2e_support import capacity, wait_until
 from worker.bench.loadtest import analyse_recording
 from worker.caller.sip import SIP_SAMPLE_RATE, BaresipCaller
 from worker.caller.utterances import CallerTurn, build_turn_script
-from worker.config.telephony import load_telephony
-from worker.telephony.provision import provision
+from worker.telephony.provision import provision_loopback
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.sip]
 
@@ -39,9 +38,7 @@ TURNS = (
 
 def test_pause_barge_in_and_freed_streams_over_sip(voice_stack: Any, tmp_path: Path) -> None:
     lk = voice_stack.livekit
-    env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **lk.rendered.env}
-    tel = load_telephony(lk.rendered.telephony_path, env)
-    asyncio.run(provision(tel, lk.livekit_url, lk.api_key, lk.api_secret))
+    tel, _ = provision_loopback(lk)
     assert lk.sip_address is not None
     script = build_turn_script(
         tmp_path / "caller", TURNS, sample_rate=SIP_SAMPLE_RATE, greeting_wait_s=8.0

@@ -17,12 +17,9 @@ def place_call(voice_stack: Any, transport: str, tmp_path: Path, **kw: Any) -> C
     lk = voice_stack.livekit
     number = "+15550100"  # the loopback profile's PBX_NUMBER on the shipped trunk
     if transport == "sip":
-        from worker.config.telephony import load_telephony
-        from worker.telephony.provision import provision
+        from worker.telephony.provision import provision_loopback
 
-        env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **lk.rendered.env}
-        tel = load_telephony(lk.rendered.telephony_path, env)
-        asyncio.run(provision(tel, lk.livekit_url, lk.api_key, lk.api_secret))
+        tel, _ = provision_loopback(lk)
         number = tel.trunks[0].numbers[0]
     return asyncio.run(
         place_scripted_call(

@@ -16,7 +16,7 @@ from worker.agent.components import inference_url
 from worker.config.telephony import load_telephony
 from worker.stack.loopback import LoopbackStack
 from worker.stack.supervisor import BackgroundSupervisor
-from worker.telephony.provision import provision
+from worker.telephony.provision import provision_loopback
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,7 @@ class FaultStack:
         return self.livekit.sip_address
 
     def provision(self) -> None:
-        lk = self.livekit
-        env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **lk.rendered.env}
-        tel = load_telephony(lk.rendered.telephony_path, env)
-        asyncio.run(provision(tel, lk.livekit_url, lk.api_key, lk.api_secret))
+        provision_loopback(self.livekit)
 
 
 MAX_CALLS = 1
@@ -65,8 +62,8 @@ def fault_stack(sip_stack: LoopbackStack) -> Iterator[FaultStack]:
         inference_spec(sip_stack.rendered, config=config, fault_injection=True),
         agent_spec(sip_stack.rendered, drain_timeout_s=30.0),
     ]
-    env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **sip_stack.rendered.env}
-    number = load_telephony(sip_stack.rendered.telephony_path, env).trunks[0].numbers[0]
+    rendered = sip_stack.rendered
+    number = load_telephony(rendered.telephony_path, rendered.env).trunks[0].numbers[0]
     with BackgroundSupervisor(specs, sip_stack.run_dir / "faults") as sup:
         stack = FaultStack(sip_stack, sup, inference_url(sip_stack.rendered), number)
         stack.provision()

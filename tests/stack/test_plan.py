@@ -85,3 +85,10 @@ def test_prod_keys_are_never_written_to_disk(tmp_path: Path) -> None:
     written = "".join(p.read_text() for p in run.iterdir() if p.is_file())
     assert env["LIVEKIT_API_SECRET"] not in written
     assert not (run / "credentials.env").exists()
+
+
+def test_loopback_trunk_never_takes_the_operators_pbx_password() -> None:
+    stack = render_stack(
+        Profile.LOOPBACK, {"PBX_AUTH_USERNAME": "pbx", "PBX_AUTH_PASSWORD": "s3cret-" + "x" * 20}
+    )
+    assert stack.env["PBX_AUTH_USERNAME"] == "" and stack.env["PBX_AUTH_PASSWORD"] == ""

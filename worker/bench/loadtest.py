@@ -193,11 +193,10 @@ async def _calls(
 def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> ConfigRun:
     from worker.agent.components import agent_spec, inference_spec, inference_url
     from worker.caller.sip import SIP_SAMPLE_RATE
-    from worker.config.telephony import load_telephony
     from worker.stack.loopback import loopback_stack
     from worker.stack.render import RenderedStack, RunFiles
     from worker.stack.supervisor import StartError
-    from worker.telephony.provision import ProvisionError, provision
+    from worker.telephony.provision import ProvisionError, provision_loopback
 
     run = ConfigRun(label=label, config=str(config))
     script = build_turn_script(
@@ -213,9 +212,7 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
     started = time.monotonic()
     try:
         with loopback_stack(work / "stack", ("redis", "livekit", "sip"), extra_specs=voice) as st:
-            env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **st.rendered.env}
-            tel = load_telephony(st.rendered.telephony_path, env)
-            asyncio.run(provision(tel, st.livekit_url, st.api_key, st.api_secret))
+            tel, _ = provision_loopback(st)
             if st.sip_address is None:
                 raise StartError("livekit-sip is not running: the load test calls over SIP")
             print(

@@ -152,12 +152,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from worker.agent.components import inference_url, voice_specs
     from worker.config.agent import load_agent_config
     from worker.config.loader import ConfigError
-    from worker.config.telephony import load_telephony
     from worker.stack.loopback import loopback_stack
     from worker.stack.plan import tool_path
     from worker.stack.render import project_root
     from worker.stack.supervisor import StartError
-    from worker.telephony.provision import ProvisionError, provision
+    from worker.telephony.provision import ProvisionError, provision_loopback
 
     root = project_root()
     run_dir: Path = args.run_dir or root / ".run" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -183,11 +182,7 @@ def run_demo(args: argparse.Namespace) -> int:
             rendered = stack.rendered
             number = ""
             if transport == "sip":
-                tel_env = {"PBX_AUTH_USERNAME": "", "PBX_AUTH_PASSWORD": "", **rendered.env}
-                tel = load_telephony(rendered.telephony_path, tel_env)
-                result = asyncio.run(
-                    provision(tel, stack.livekit_url, stack.api_key, stack.api_secret)
-                )
+                tel, result = provision_loopback(stack)
                 for line in result.summary_lines():
                     _say(f"demo: provision: {line}")
                 number = tel.trunks[0].numbers[0]

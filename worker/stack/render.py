@@ -193,6 +193,9 @@ def render_stack(
         # The demo's caller: a "PBX" on loopback dialling the shipped trunk's number.
         values.setdefault("PBX_ADDRESS", "127.0.0.1/32")
         values.setdefault("PBX_NUMBER", "+15550100")
+        # Loopback callers (baresip, sipp) send no digest credentials: a PBX password from the
+        # operator's environment would lock them out of the shipped trunk.
+        values.update(PBX_AUTH_USERNAME="", PBX_AUTH_PASSWORD="")
         values.setdefault("LIVEKIT_API_KEY", "API" + secrets.token_hex(6))
         values.setdefault("LIVEKIT_API_SECRET", secrets.token_urlsafe(36))
     rendered: dict[str, dict[str, Any]] = {}

@@ -9,15 +9,24 @@ never deleted: another tool may own them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from google.protobuf.duration_pb2 import Duration
 from livekit import api
 
-from worker.config.telephony import DispatchRuleConfig, InboundTrunkConfig, TelephonyConfig
+from worker.config.telephony import (
+    DispatchRuleConfig,
+    InboundTrunkConfig,
+    TelephonyConfig,
+    load_telephony,
+)
+
+if TYPE_CHECKING:
+    from worker.stack.loopback import LoopbackStack
 
 __all__ = [
     "ProvisionError",
@@ -25,6 +34,7 @@ __all__ = [
     "desired_dispatch_rule",
     "desired_trunk",
     "provision",
+    "provision_loopback",
 ]
 
 
@@ -237,3 +247,10 @@ async def provision(
     finally:
         await lk.aclose()
     return result
+
+
+def provision_loopback(stack: LoopbackStack) -> tuple[TelephonyConfig, ProvisionResult]:
+    """Provision the shipped ``config/telephony.yaml`` as ``stack`` renders it (the demo, the
+    load test and the tests); returns the config (its trunk number is what to dial)."""
+    cfg = load_telephony(stack.rendered.telephony_path, stack.rendered.env)
+    return cfg, asyncio.run(provision(cfg, stack.livekit_url, stack.api_key, stack.api_secret))
