@@ -22,7 +22,7 @@ from pathlib import Path
 from worker.agent.turn_metrics import TurnMetrics, parse_turn_lines
 from worker.caller.analysis import analyse_call
 from worker.caller.audio import Pcm
-from worker.caller.turn_taking import analyse_overlaps
+from worker.caller.turn_taking import OverlapResult, analyse_overlaps
 from worker.caller.utterances import (
     CallerScript,
     CallerTurn,
@@ -138,7 +138,7 @@ def analyse_recording(
     overlaps = {o.index: o for o in analyse_overlaps(samples, rate, schedule)}
     records: list[TurnRecord] = []
     for utt, turn in zip(schedule, analysis.turns, strict=True):
-        o = overlaps.get(turn.index)
+        o = overlaps.get(turn.index) or OverlapResult(turn.index, utt.kind)
         records.append(
             TurnRecord(
                 call=call,
@@ -147,10 +147,10 @@ def analyse_recording(
                 text=utt.text,
                 # A backchannel expects the paused answer back, not an answer of its own.
                 v2v_s=None if utt.kind == "backchannel" else turn.latency_s,
-                cut_in=o.cut_in if o else None,
-                agent_talking_at_onset=o.agent_talking_at_onset if o else None,
-                stop_s=o.stop_s if o else None,
-                resumed_after_s=o.resumed_after_s if o else None,
+                cut_in=o.cut_in,
+                agent_talking_at_onset=o.agent_talking_at_onset,
+                stop_s=o.stop_s,
+                resumed_after_s=o.resumed_after_s,
             )
         )
     return CallResult(call=call, greeted=analysis.greeting is not None, turns=records)
@@ -227,9 +227,7 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
     except (StartError, ProvisionError) as err:
         run.error = str(err)
     run.wall_s = time.monotonic() - started
-    agent_log = work / "stack" / "voice" / "agent.log"
-    if not agent_log.is_file():
-        agent_log = work / "stack" / "agent.log"
+    agent_log = work / "stack" / "agent.log"  # the supervisor's log of the agent component
     if agent_log.is_file():
         turns = parse_turn_lines(agent_log.read_text(errors="replace"))
         run.agent_turns = [t for _, t in turns if t.turn > 0]  # turn 0: the greeting
@@ -276,7 +274,6 @@ def run_loadtest(opts: LoadtestOptions) -> list[ConfigRun]:
     """Run every configuration in turn (one stack at a time: they share the CPU)."""
     runs: list[ConfigRun] = []
     for i, config in enumerate(opts.agent_configs):
-        label = "A" if len(opts.agent_configs) == 1 else "AB"[i] if i < 2 else str(i)
-        label = f"{label}:{config.stem}"
+        label = f"{chr(ord('A') + i)}:{config.stem}"
         runs.append(_run_config(opts, label, config, opts.out_dir / f"config{i + 1}"))
     return runs

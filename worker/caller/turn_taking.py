@@ -65,7 +65,9 @@ def analyse_overlaps(
     resume_window_s: float = 4.0,
 ) -> list[OverlapResult]:
     """The turn-taking result of every ``paused``, ``barge_in`` and ``backchannel`` utterance."""
-    active = active_frames(recording, rate, threshold_dbfs=threshold_dbfs)
+    active = active_frames(
+        recording, rate, frame_ms=round(FRAME_S * 1000), threshold_dbfs=threshold_dbfs
+    )
 
     def frame(t: float) -> int:
         return max(0, min(len(active), round(t / FRAME_S)))
