@@ -13,11 +13,11 @@ from worker.agent.turn_metrics import TurnMetrics
 from worker.bench.loadtest import ConfigRun, analyse_recording
 from worker.bench.loadtest_report import (
     format_table,
-    percentile,
     summarize,
     write_json,
     write_plot,
 )
+from worker.bench.stats import nearest_rank as percentile
 from worker.caller.utterances import ScheduledUtterance
 
 RATE = 8000

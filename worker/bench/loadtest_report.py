@@ -5,15 +5,15 @@ the printed table. Percentiles are nearest-rank over the measured turns (no inte
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from worker.bench.loadtest import ConfigRun, TurnRecord
+from worker.bench.stats import nearest_rank
 
-__all__ = ["format_table", "percentile", "summarize", "write_json", "write_plot"]
+__all__ = ["format_table", "summarize", "write_json", "write_plot"]
 
 _STAGES = (
     ("end_of_utterance_delay", "end of turn"),
@@ -22,15 +22,6 @@ _STAGES = (
     ("tts_ttfb", "TTS first audio"),
     ("e2e", "agent total"),
 )
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile ``q`` (0-100) of ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _ms(value: float | None) -> float | None:
@@ -53,7 +44,7 @@ def summarize(run: ConfigRun) -> dict[str, Any]:
     stages: dict[str, dict[str, float | None]] = {}
     for key, _ in _STAGES:
         vals = [v for t in run.agent_turns if (v := getattr(t, key)) is not None]
-        stages[key] = {"p50": _ms(percentile(vals, 50)), "p95": _ms(percentile(vals, 95))}
+        stages[key] = {"p50": _ms(nearest_rank(vals, 50)), "p95": _ms(nearest_rank(vals, 95))}
     return {
         "label": run.label,
         "config": run.config,
@@ -65,8 +56,8 @@ def summarize(run: ConfigRun) -> dict[str, Any]:
         "answered": len(answered),
         "unanswered": len(expecting) - len(answered),
         "v2v_ms": {
-            "p50": _ms(percentile(answered, 50)),
-            "p95": _ms(percentile(answered, 95)),
+            "p50": _ms(nearest_rank(answered, 50)),
+            "p95": _ms(nearest_rank(answered, 95)),
             "max": _ms(max(answered) if answered else None),
         },
         "cut_ins": sum(1 for t in paused if t.cut_in),
@@ -74,7 +65,7 @@ def summarize(run: ConfigRun) -> dict[str, Any]:
         "overlaps_measured": len(stops),
         "overlaps_agent_silent": sum(1 for t in overlaps if t.agent_talking_at_onset is False),
         "barge_in_stop_ms": {
-            "p50": _ms(percentile(stops, 50)),
+            "p50": _ms(nearest_rank(stops, 50)),
             "max": _ms(max(stops) if stops else None),
         },
         "backchannels_resumed": sum(1 for t in backchannels if t.resumed_after_s is not None),

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "percentile", "summarize"]
+__all__ = ["Summary", "nearest_rank", "percentile", "summarize"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -29,6 +29,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = math.floor(h)
     hi = math.ceil(h)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (h - lo)
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100) as one of the values (nearest rank, no interpolation:
+    of 20 turns, p95 is the 19th smallest); None for no values. For reports that quote real
+    turns (the load test) rather than a distribution's estimate."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 @dataclass(frozen=True)
