@@ -67,22 +67,21 @@ def pytest_runtest_protocol(item: pytest.Item) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``CI=true`` a skipped test fails the run: a skip hides a broken setup."""
-    _EXIT_STATUS.append(int(session.exitstatus))
-    if not in_ci():
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if skipped:
-        names = ", ".join(sorted({getattr(r, "nodeid", "?") for r in skipped})[:10])
-        if reporter is not None:
-            reporter.write_line(
-                f"CI=true: {len(skipped)} test(s) skipped, which CI forbids: {names}"
-            )
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        _EXIT_STATUS.append(int(session.exitstatus))
+    if in_ci():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+        if skipped:
+            names = ", ".join(sorted({getattr(r, "nodeid", "?") for r in skipped})[:10])
+            if reporter is not None:
+                reporter.write_line(
+                    f"CI=true: {len(skipped)} test(s) skipped, which CI forbids: {names}"
+                )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    session.config.stash[_EXIT_STATUS] = int(session.exitstatus)
 
 
-_EXIT_STATUS: list[int] = []
+_EXIT_STATUS = pytest.StashKey[int]()
+"""The session's final exit status, for :func:`pytest_unconfigure`."""
 
 
 @pytest.hookimpl(trylast=True)
@@ -90,8 +89,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave without finalizing when a test loaded livekit.rtc in this process: its Rust threads
     abort the process (status 134) if they call back while CPython finalizes; see
     :mod:`worker.process_exit`. The session's own exit status is kept."""
-    if rtc_runtime_live() and _EXIT_STATUS:
-        exit_process(_EXIT_STATUS[-1])
+    status = config.stash.get(_EXIT_STATUS, None)
+    if rtc_runtime_live() and status is not None:
+        exit_process(status)
 
 
 @pytest.fixture(scope="session")
