@@ -92,16 +92,15 @@ class InboundTrunkConfig(_Strict):
     numbers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     allowed_addresses: list[str] = Field(default_factory=list)
     allowed_numbers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    auth_username: str | None = None
+    auth_password: str | None = None
+    ringing_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    max_call_duration_s: float = Field(default=3600.0, gt=0, le=86400)
 
     @field_validator("numbers", "allowed_numbers")
     @classmethod
     def _numbers_are_numbers(cls, values: list[str]) -> list[str]:
         return [_check_number(v) for v in values]
-
-    auth_username: str | None = None
-    auth_password: str | None = None
-    ringing_timeout_s: float = Field(default=15.0, gt=0, le=300)
-    max_call_duration_s: float = Field(default=3600.0, gt=0, le=86400)
 
     @field_validator("allowed_addresses")
     @classmethod

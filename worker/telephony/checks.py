@@ -54,10 +54,16 @@ def _ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _host(hostport: str) -> str:
+    """The host of ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if hostport.startswith("[") and "]" in hostport:
+        return hostport[1 : hostport.index("]")]
+    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+
+
 def _local_endpoint_problem(what: str, hostport: str) -> str | None:
     """None if ``hostport`` names a non-public IP; else why it could reach the internet."""
-    host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
-    ip = _ip(host)
+    ip = _ip(_host(hostport))
     if ip is None:
         return (
             f"{what} {hostport!r} is a hostname: use an IP inside your network "
@@ -74,8 +80,7 @@ def _public_ip_problems(src: str, what: str, value: Any) -> list[str]:
     if not value:
         return []
     text = str(value)
-    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
-    ip = _ip(host)
+    ip = _ip(_host(text))
     if ip is not None and ip.is_global:
         return [
             f"{src}: {what} {text!r} is a public address: the stack must not reach the internet"
@@ -110,7 +115,7 @@ def _redis_problems(src: str, redis: Any) -> list[str]:
     address = str(redis.get("address") or "")
     if not address:
         return []
-    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    host = _host(address)
     ip = _ip(host)
     if host == "localhost" or (ip is not None and ip.is_loopback):
         return []
