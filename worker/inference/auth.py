@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from worker.inference.protocol import TOKEN_ENV
+from worker.inference.protocol import TOKEN_ENV, ErrorCode, error_frame
 
 __all__ = [
     "MIN_TOKEN_CHARS",
@@ -63,8 +63,7 @@ def token_middleware(token: str) -> Middleware:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return web.json_response(
-                    {"type": "error", "code": "unauthorized", "message": "missing or wrong token"},
-                    status=401,
+                    error_frame(ErrorCode.UNAUTHORIZED, "missing or wrong token"), status=401
                 )
         return await handler(request)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +39,7 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
     INTERNAL = "internal"
+    UNAUTHORIZED = "unauthorized"  # HTTP 401 on /v1/* without the shared token
 
 
 class StreamError(Exception):
@@ -119,13 +121,16 @@ def _json_object(text: str) -> dict[str, Any]:
     return data
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_strings(value: object, where: str) -> None:
     """Refuse NUL and lone surrogates anywhere in a frame: JSON escapes can carry them, and
     tokenizers, Piper and UTF-8 encoders downstream fail on them (once as an internal error)."""
     if isinstance(value, str):
         if "\x00" in value:
             raise StreamError(ErrorCode.BAD_REQUEST, f"{where}: text contains a NUL character")
-        if any("\ud800" <= ch <= "\udfff" for ch in value):
+        if _SURROGATE.search(value):
             raise StreamError(
                 ErrorCode.BAD_REQUEST, f"{where}: text is not valid Unicode (a lone surrogate)"
             )

@@ -163,15 +163,11 @@ class InferenceServer:
             # _START_TIMEOUT_S: thousands of them would starve real clients. Refuse before the
             # upgrade; streams already running are not affected.
             self.metrics.requests.labels("unknown", "too_many_unstarted").inc()
-            return web.json_response(
-                {
-                    "type": "error",
-                    "code": ErrorCode.OVERLOADED.value,
-                    "message": f"more than {limits.max_unstarted_connections} connections "
-                    "waiting to start a stream",
-                },
-                status=503,
+            message = (
+                f"more than {limits.max_unstarted_connections} connections waiting to start"
+                " a stream"
             )
+            return web.json_response(error_frame(ErrorCode.OVERLOADED, message), status=503)
         # aiohttp itself refuses (close 1009) frames beyond twice our limit, so an oversized
         # frame is never buffered whole; between the limit and that, we answer with our error.
         ws = web.WebSocketResponse(
