@@ -76,9 +76,6 @@ class _TtsStream:
             cut = first_chunk(text, self.first_words)
             if cut is not None:
                 first, text = [cut[0]], cut[1]
-            elif not final:
-                self.pending = text
-                return
         clauses, self.pending = split_clauses(text, final=final)
         self._enqueue(first + clauses)
 
