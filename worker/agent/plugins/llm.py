@@ -329,6 +329,17 @@ class InferenceLLM(InferencePlugin, llm.LLM):
             return min(self._max_history_chars, fits)
         return fits
 
+    def window(
+        self, chat_ctx: ChatContext, tools: Sequence[Tool | Toolset], budget_chars: int
+    ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """``(all messages, the ones to send)`` for ``chat_ctx`` within ``budget_chars``; moves
+        the call's window start (:func:`history_window`) when the history outgrew it."""
+        full = chat_ctx_to_messages(chat_ctx, tools)
+        messages, self._history_start = history_window(
+            full, budget_chars, self._history_start, low_water=HISTORY_LOW_WATER
+        )
+        return full, messages
+
     def chat(
         self,
         *,
@@ -384,12 +395,8 @@ class InferenceLLMStream(llm.LLMStream):
         for key in ("max_tokens", "temperature", "top_p", "stop", "seed"):
             if key in self._extra:
                 start[key] = self._extra[key]
-        full = chat_ctx_to_messages(self._chat_ctx, self._tools)
-        messages, owner._history_start = history_window(
-            full,
-            owner.history_budget(int(start["max_tokens"])),
-            owner._history_start,
-            low_water=HISTORY_LOW_WATER,
+        full, messages = owner.window(
+            self._chat_ctx, self._tools, owner.history_budget(int(start["max_tokens"]))
         )
         if len(messages) < len(full) and not owner._trim_logged:
             owner._trim_logged = True

@@ -24,7 +24,7 @@ import aiohttp
 from livekit.agents import APIError
 from livekit.agents.llm import ChatContext, Tool, Toolset
 
-from .llm import HISTORY_LOW_WATER, InferenceLLM, chat_ctx_to_messages, history_window
+from .llm import InferenceLLM
 
 __all__ = ["prefill_call"]
 
@@ -40,13 +40,10 @@ async def prefill_call(
     timeout_s: float = 15.0,
 ) -> bool:
     """Prefill ``chat_ctx`` into the call's KV on the server; True when the server finished."""
-    full = chat_ctx_to_messages(chat_ctx, tools)
+    budget = max(200, llm.history_budget(llm._max_tokens) - reserve_chars)
+    full, messages = llm.window(chat_ctx, tools, budget)
     if not full:
         return False
-    budget = max(200, llm.history_budget(llm._max_tokens) - reserve_chars)
-    messages, llm._history_start = history_window(
-        full, budget, llm._history_start, low_water=HISTORY_LOW_WATER
-    )
     start = {
         "op": "llm",
         "call_id": llm._call_id,
