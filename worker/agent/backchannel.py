@@ -41,7 +41,7 @@ class OverlapFilter:
     """Tracks whether the caller's current speech began over the agent and filters finals."""
 
     def __init__(self, backchannels: Iterable[str]) -> None:
-        self._backchannels = frozenset(_key(p) for p in backchannels if _key(p))
+        self._backchannels = frozenset(k for p in backchannels if (k := _key(p)))
         self._overlap = False
 
     def user_started_speaking(self, *, agent_speaking: bool) -> None:

@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from worker.config.loader import ConfigError
+from worker.config.agent import load_agent_config
+from worker.config.inference import InferenceConfig
+from worker.config.loader import ConfigError, load_model
 from worker.config.stack import Profile
 from worker.config.telephony import TelephonyConfig, load_telephony
 from worker.stack.plan import tool_path
@@ -151,10 +153,6 @@ def check_voice_configs(
 ) -> list[str]:
     """``config/agent.yaml`` and ``config/inference.yaml`` load, and agree with each other and
     with the telephony config (a mismatch fails every call, not the start)."""
-    from worker.config.agent import load_agent_config
-    from worker.config.inference import InferenceConfig
-    from worker.config.loader import load_model
-
     problems: list[str] = []
     agent_path = agent_path or root / "config" / "agent.yaml"
     inference_path = root / "config" / "inference.yaml"
