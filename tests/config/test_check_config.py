@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prod_env import PROD_ENV
 
 from worker.cli import main
 from worker.config.stack import Profile
@@ -18,21 +19,6 @@ AGENT = "config/agent.yaml"
 INFERENCE = "config/inference.yaml"
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-# A production environment as an operator would write it (private addresses, real-length secret).
-PROD_ENV = {
-    "LIVEKIT_API_KEY": "APIvoicestack01",
-    "LIVEKIT_API_SECRET": "s3cr3t-" + "x" * 40,
-    "LIVEKIT_BIND_ADDRESS": "10.0.0.10",
-    "LIVEKIT_NODE_IP": "10.0.0.10",
-    "LIVEKIT_STUN_SERVER": "10.0.0.10:3478",
-    "LIVEKIT_WS_URL": "ws://10.0.0.10:7880",
-    "REDIS_ADDRESS": "127.0.0.1:6379",
-    "SIP_LISTEN_IP": "10.0.0.10",
-    "SIP_NAT_IP": "10.0.0.10",
-    "PBX_ADDRESS": "10.0.0.20/32",
-    "PBX_NUMBER": "+15550100",
-}
 
 
 def _root_with(tmp_path: Path, name: str, patch_file: str) -> Path:

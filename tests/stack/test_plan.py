@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prod_env import PROD_ENV
 
 from worker.config.stack import Profile
 from worker.stack.plan import SIP_UNAVAILABLE, PlanError, build_plan
@@ -64,19 +65,7 @@ def test_secrets_and_logs_stay_owner_only(tmp_path: Path) -> None:
 
 
 def test_prod_keys_are_never_written_to_disk(tmp_path: Path) -> None:
-    env = {
-        "LIVEKIT_API_KEY": "APIvoicestack01",
-        "LIVEKIT_API_SECRET": "s3cr3t-" + "x" * 40,
-        "LIVEKIT_BIND_ADDRESS": "10.0.0.10",
-        "LIVEKIT_NODE_IP": "10.0.0.10",
-        "LIVEKIT_STUN_SERVER": "10.0.0.10:3478",
-        "LIVEKIT_WS_URL": "ws://10.0.0.10:7880",
-        "REDIS_ADDRESS": "127.0.0.1:6379",
-        "SIP_LISTEN_IP": "10.0.0.10",
-        "SIP_NAT_IP": "10.0.0.10",
-        "PBX_ADDRESS": "10.0.0.20/32",
-        "PBX_NUMBER": "+15550100",
-    }
+    env = PROD_ENV
     run = tmp_path / "run"
     run.mkdir()
     (run / "credentials.env").write_text("LIVEKIT_API_SECRET=old\n")  # a loopback run's
