@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from livekit.agents import APITimeoutError
+from local_http import serve_app
 
 from worker.agent.plugins._client import InferenceClient, StreamDeadlines
 
@@ -28,13 +29,8 @@ async def silent_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/v1/stream", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}"
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def _drain(client: InferenceClient, op: str, *, due: bool) -> None:

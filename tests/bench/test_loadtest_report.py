@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_http import serve_app
 
 from worker.agent.turn_metrics import TurnMetrics
 from worker.bench.loadtest import ConfigRun, analyse_recording
@@ -141,14 +142,7 @@ async def test_server_means_read_the_inference_histograms() -> None:
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        means = await server_means(f"http://127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        means = await server_means(url)
     assert means == {"stt_final": 0.15, "queue_llm": 0.05}
     assert await server_means("http://127.0.0.1:9") == {}

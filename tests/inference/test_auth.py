@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from local_http import serve_app
 
 from worker.agent.plugins._client import InferenceClient, get_json
 from worker.inference.auth import MIN_TOKEN_CHARS, bind_problem, token_middleware
@@ -37,7 +38,7 @@ def test_safe_binds(host: str, token: str | None) -> None:
     assert bind_problem(host, token) is None
 
 
-async def _app() -> tuple[web.AppRunner, str]:
+def _app() -> web.Application:
     async def capacity(_: web.Request) -> web.Response:
         return web.json_response({"accepting": True, "load": 0.0})
 
@@ -56,34 +57,24 @@ async def _app() -> tuple[web.AppRunner, str]:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/capacity", capacity)
     app.router.add_get("/v1/stream", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return app
 
 
 async def test_v1_needs_the_token_and_probes_stay_open() -> None:
-    runner, url = await _app()
-    try:
-        async with aiohttp.ClientSession() as http:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-                async with http.get(url + "/v1/capacity", headers=headers) as resp:
-                    assert resp.status == 401
-                    assert (await resp.json())["code"] == "unauthorized"
-            ok = {"Authorization": f"Bearer {TOKEN}"}
-            async with http.get(url + "/v1/capacity", headers=ok) as resp:
-                assert resp.status == 200
-            async with http.get(url + "/healthz") as resp:
-                assert resp.status == 200
-    finally:
-        await runner.cleanup()
+    async with serve_app(_app()) as url, aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            async with http.get(url + "/v1/capacity", headers=headers) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["code"] == "unauthorized"
+        ok = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.get(url + "/v1/capacity", headers=ok) as resp:
+            assert resp.status == 200
+        async with http.get(url + "/healthz") as resp:
+            assert resp.status == 200
 
 
 async def test_the_agent_client_sends_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner, url = await _app()
-    try:
+    async with serve_app(_app()) as url:
         monkeypatch.delenv(TOKEN_ENV, raising=False)
         assert (await get_json(url, "/v1/capacity", timeout_s=5))[0] == 401
         monkeypatch.setenv(TOKEN_ENV, TOKEN)
@@ -94,8 +85,6 @@ async def test_the_agent_client_sends_the_token(monkeypatch: pytest.MonkeyPatch)
             kinds = [m.data.get("type") async for m in stream.messages() if m.data]
         await client.aclose()
         assert kinds == ["done"]
-    finally:
-        await runner.cleanup()
 
 
 def test_server_refuses_to_listen_beyond_loopback_without_a_token(
