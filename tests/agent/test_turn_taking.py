@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic_audio import tone_spans
 
 from worker.caller.turn_taking import analyse_overlaps
 from worker.caller.utterances import ScheduledUtterance
@@ -13,13 +14,7 @@ RATE = 8000
 
 
 def _recording(total_s: float, speech: list[tuple[float, float]]) -> np.ndarray:
-    """Agent audio: a 300 Hz tone (about -13 dBFS) inside ``speech`` spans, silence elsewhere."""
-    t = np.arange(int(total_s * RATE)) / RATE
-    tone = (8000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
-    out = np.zeros_like(tone)
-    for a, b in speech:
-        out[int(a * RATE) : int(b * RATE)] = tone[int(a * RATE) : int(b * RATE)]
-    return out
+    return tone_spans(total_s, speech, rate=RATE)
 
 
 PAUSED = ScheduledUtterance(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from local_http import serve_app
+from synthetic_audio import tone_spans
 
 from worker.agent.turn_metrics import TurnMetrics
 from worker.bench.loadtest import ConfigRun, analyse_recording
@@ -25,12 +26,7 @@ RATE = 8000
 
 
 def _agent_audio(total_s: float, speech: list[tuple[float, float]]) -> np.ndarray:
-    t = np.arange(int(total_s * RATE)) / RATE
-    tone = (8000 * np.sin(2 * np.pi * 250 * t)).astype(np.int16)
-    out = np.zeros_like(tone)
-    for a, b in speech:
-        out[int(a * RATE) : int(b * RATE)] = tone[int(a * RATE) : int(b * RATE)]
-    return out
+    return tone_spans(total_s, speech, rate=RATE, hz=250)
 
 
 SCHEDULE = (
