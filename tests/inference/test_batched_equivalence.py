@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from admitted_calls import admitted_calls
 
 from worker.config.inference import InferenceConfig, LlmEngineConfig, ResolvedModels
 from worker.inference.background import RunningServer, serve_in_thread
@@ -46,7 +47,20 @@ def deadline_server(models: ResolvedModels) -> Iterator[RunningServer]:
         port=0,
         llm=LlmEngineConfig(n_ctx=1024, max_tokens=256),
         scheduler=SchedulingConfig.model_validate(
-            {"mode": "deadline", "llm": {"max_batch": 4, "max_active": 6}}
+            {
+                "mode": "deadline",
+                # Calls are admitted up front (tests/admitted_calls.py); tiny priors and a
+                # short load window let that happen as soon as the engines are idle.
+                "admission": {
+                    "max_calls": 16,
+                    "stt_units_per_call_s": 0.01,
+                    "llm_units_per_call_s": 0.01,
+                    "tts_units_per_call_s": 0.01,
+                },
+                "stt": {"load_window_s": 0.2},
+                "llm": {"max_batch": 4, "max_active": 6, "load_window_s": 0.2},
+                "tts": {"load_window_s": 0.2},
+            }
         ),
     )
     with serve_in_thread(config, models) as running:
@@ -102,6 +116,12 @@ async def _wait_llm_slots_free(server: RunningServer) -> None:
 
 
 async def test_batched_llm_equals_one_at_a_time(deadline_server: RunningServer) -> None:
+    calls = [f"{kind}-{i}" for kind in ("alone", "batched") for i in range(len(PROMPTS))]
+    async with admitted_calls(deadline_server, calls):
+        await _batched_equals_alone(deadline_server)
+
+
+async def _batched_equals_alone(deadline_server: RunningServer) -> None:
     alone = []
     for i, prompt in enumerate(PROMPTS):
         text, done = await _llm(deadline_server, f"alone-{i}", prompt, 24)
@@ -112,6 +132,7 @@ async def test_batched_llm_equals_one_at_a_time(deadline_server: RunningServer) 
         *(_llm(deadline_server, f"batched-{i}", p, 24) for i, p in enumerate(PROMPTS))
     )
     after = await _metrics(deadline_server)
+    assert [done["type"] for _, done in results] == ["done"] * len(PROMPTS), results
     assert [text for text, _ in results] == alone
     assert all(done["usage"]["completion_tokens"] >= 1 for _, done in results)
     steps = _sample(after, "voicestack_inference_batch_size_count", 'engine="llm"') - _sample(
@@ -127,6 +148,12 @@ async def test_batched_llm_equals_one_at_a_time(deadline_server: RunningServer) 
 async def test_cancelled_sequence_never_leaks_into_another_call(
     deadline_server: RunningServer,
 ) -> None:
+    calls = ["leak-ref-1", "leak-ref-2", "leak-victim", "leak-other", "leak-later"]
+    async with admitted_calls(deadline_server, calls):
+        await _cancelled_never_leaks(deadline_server)
+
+
+async def _cancelled_never_leaks(deadline_server: RunningServer) -> None:
     victim_prompt, other_prompt, later_prompt = PROMPTS[3], PROMPTS[1], PROMPTS[2]
     other_alone, _ = await _llm(deadline_server, "leak-ref-1", other_prompt, 40)
     later_alone, _ = await _llm(deadline_server, "leak-ref-2", later_prompt, 40)

@@ -431,7 +431,10 @@ async def test_concurrent_clients_all_complete(inference_server: RunningServer) 
 
     async def stt_client() -> str:
         async with aiohttp.ClientSession() as s:
-            ws = await _start(s, inference_server, {"op": "stt", "call_id": "c-stt"})
+            # One call for every client: a second call opened while the first one's work runs
+            # is judged on the measured load and may be refused on a slow machine (admission
+            # is tested in test_server_load.py and test_admission.py).
+            ws = await _start(s, inference_server, {"op": "stt", "call_id": "t"})
             for i in range(0, len(pcm), 16000):
                 await ws.send_bytes(pcm[i : i + 16000])
             await ws.send_json({"type": "end_input"})

@@ -5,15 +5,15 @@ and a call beyond the admission limit is refused at once with ``overloaded``."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
+from admitted_calls import admitted_calls
 
 from worker.config.inference import (
     InferenceConfig,
@@ -136,31 +136,6 @@ async def _tts(server: RunningServer, call: str, *, hang_up_after_audio: bool = 
         return await _frames(ws)
 
 
-@contextlib.asynccontextmanager
-async def _calls(server: RunningServer, calls: list[str]) -> AsyncIterator[None]:
-    """Admit ``calls`` first, as a call's first stream does when the call starts, so that the
-    streams under test are not refused on the load their neighbours put on the engines."""
-    async with aiohttp.ClientSession() as s:
-        holders = []
-        for i, call in enumerate(calls):
-            ws = await s.ws_connect(server.ws_url)
-            await ws.send_json({"op": ("tts", "stt")[i % 2], "call_id": call})
-            holders.append(ws)
-        async with asyncio.timeout(TIMEOUT):
-            for call, ws in zip(calls, holders, strict=True):
-                while not server.server.engines.has_call(call):
-                    try:  # a refused holder gets an error frame: fail with its reason
-                        msg = await ws.receive(timeout=0.02)
-                    except TimeoutError:
-                        continue
-                    raise AssertionError(f"holder of {call} refused: {msg.data!r}")
-        try:
-            yield
-        finally:
-            for ws in holders:
-                await ws.close()
-
-
 async def _metrics(server: RunningServer) -> str:
     async with aiohttp.ClientSession() as s, s.get(server.url + "/metrics") as r:
         return await r.text()
@@ -204,7 +179,7 @@ async def test_eight_concurrent_mixed_streams_complete_and_cancellations_free_sl
 ) -> None:
     # Eight calls, admitted as a call's first stream does, live through both rounds: the
     # cancellations run in calls that are already admitted, as they would in a real call.
-    async with _calls(server, CALLS):
+    async with admitted_calls(server, CALLS):
         results = await _mixed(server, speech)
         _check_mixed(results)
         text = await _metrics(server)
