@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from worker.config.agent import load_agent_config
+from worker.config.agent import load_agent_config, load_call_flows, rebase_flows
 from worker.config.loader import ConfigError
 
 
@@ -29,11 +29,12 @@ def main(argv: list[str]) -> int:
     try:
         load_agent_config(source)  # the shared file itself must be valid
         data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        rebase_flows(data, source)
         worker = data.setdefault("worker", {})
         worker["http_port"] = int(os.environ.get("AGENT_HEALTH_PORT", "8081"))
         worker["http_host"] = "0.0.0.0"
         target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        load_agent_config(target)
+        load_call_flows(load_agent_config(target), target)
     except (ConfigError, ValueError) as err:
         print(f"agent config: {err}", file=sys.stderr)
         return 2

@@ -57,3 +57,14 @@ def agent_rooms(stack: Any) -> list[str]:
             return busy
 
     return asyncio.run(query())
+
+
+def room_names(lk: Any) -> set[str]:
+    """Names of the rooms LiveKit has now (``lk`` is a LoopbackStack)."""
+
+    async def query() -> set[str]:
+        async with api.LiveKitAPI(lk.livekit_url, lk.api_key, lk.api_secret) as client:
+            rooms = await client.room.list_rooms(api.ListRoomsRequest())
+            return {room.name for room in rooms.rooms}
+
+    return asyncio.run(query())

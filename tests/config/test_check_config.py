@@ -16,6 +16,7 @@ from worker.stack.render import LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, pr
 from worker.telephony.checks import check_stack
 
 AGENT = "config/agent.yaml"
+FLOWS = "config/flows.yaml"
 INFERENCE = "config/inference.yaml"
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -25,7 +26,7 @@ def _root_with(tmp_path: Path, name: str, patch_file: str) -> Path:
     """A copy of the shipped configs with ``patch_file``'s keys merged into file ``name``."""
     root = tmp_path / "root"
     (root / "config").mkdir(parents=True)
-    for rel in (LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, AGENT, INFERENCE):
+    for rel in (LIVEKIT_CONFIG, SIP_CONFIG, TELEPHONY_CONFIG, AGENT, FLOWS, INFERENCE):
         shutil.copy(project_root() / rel, root / rel)
     data = yaml.safe_load((root / name).read_text())
     patch = yaml.safe_load((FIXTURES / patch_file).read_text())

@@ -85,6 +85,9 @@ def test_agent_config_pins_only_the_health_port_and_address(tmp_path: Path) -> N
     assert pinned["worker"]["http_port"] == 8099
     # Prometheus scrapes every replica over the compose network.
     assert pinned["worker"]["http_host"] == "0.0.0.0"
+    # The copy lives elsewhere (/tmp in the image): it names the shared flows file absolutely.
+    assert Path(pinned["flows"]) == (ROOT / "config" / shared["flows"]).resolve()
+    pinned["flows"] = shared["flows"]
     pinned["worker"]["http_port"] = shared["worker"]["http_port"]
     if "http_host" in shared["worker"]:
         pinned["worker"]["http_host"] = shared["worker"]["http_host"]

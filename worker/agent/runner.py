@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from worker.config.agent import AgentConfig, load_agent_config
+from worker.config.agent import AgentConfig, load_agent_config, load_call_flows
 from worker.config.loader import ConfigError
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ async def serve(
 def _cmd_start(args: argparse.Namespace) -> int:
     try:
         cfg = load_agent_config(args.config)
+        load_call_flows(cfg, args.config)  # a bad flows file fails here, not in every call
     except ConfigError as err:
         logger.error("%s", err)
         return 2

@@ -15,19 +15,19 @@ server's capacity hears ``busy`` (or is rejected); a job re-dispatched after its
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 from typing import Any, TypedDict
 
-from livekit import api, rtc
+from livekit import rtc
 from livekit.agents import (
     Agent,
     AgentFalseInterruptionEvent,
     AgentSession,
     APIConnectOptions,
     AutoSubscribe,
+    ChatContext,
     ChatMessage,
     CloseEvent,
     ConversationItemAddedEvent,
@@ -35,25 +35,32 @@ from livekit.agents import (
     JobProcess,
     UserStateChangedEvent,
 )
+from livekit.agents.llm import StopResponse
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import silero
 
 from worker.agent.announcements import Announcements, Announcer, load_announcements
 from worker.agent.backchannel import OverlapFilter
+from worker.agent.call_control import CallControl, call_event
 from worker.agent.call_guard import CallGuard
 from worker.agent.end_of_turn import TranscriptEndOfTurn
 from worker.agent.fault_metrics import fault_metrics
+from worker.agent.job_context import (
+    RECOVERY_METADATA_KEY,
+    OutboundContext,
+    job_metadata,
+)
 from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
 from worker.agent.plugins._client import StreamDeadlines, get_json
 from worker.agent.plugins.llm_prefill import prefill_call
 from worker.agent.turn_metrics import TurnMetricsLog
 from worker.agent.watchdog import END_CALL_SIGNAL
-from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config
+from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config, load_call_flows
+from worker.config.flows import FlowsConfig
 
 __all__ = [
     "CONFIG_ENV",
     "INFERENCE_URL_ENV",
-    "RECOVERY_METADATA_KEY",
     "VoiceAgent",
     "entrypoint",
     "prewarm",
@@ -66,23 +73,29 @@ CONFIG_ENV = "VOICESTACK_AGENT_CONFIG"
 """Path of the agent config; set by ``voicestack agent start`` for its job processes."""
 INFERENCE_URL_ENV = "VOICESTACK_INFERENCE_URL"
 """Overrides ``inference.url`` of the config (``--inference-url``)."""
-RECOVERY_METADATA_KEY = "voicestack_recovery"
-"""Set in the metadata of a job the worker re-dispatched after the call's job process died."""
+CALLED_NUMBER_ATTR = "sip.trunkPhoneNumber"
+"""The SIP participant attribute with the number the caller dialled (picks the flow)."""
+CALL_STATUS_ATTR = "sip.callStatus"
+"""dialing / ringing / active / hangup (livekit-sip)."""
+_CALLER_WAIT_S = 10.0
+_ANSWER_WAIT_S = 330.0  # above the longest ringing timeout an outbound trunk may set
 
 
-def _config_from_env() -> tuple[AgentConfig, str]:
+def _config_from_env() -> tuple[AgentConfig, FlowsConfig, str]:
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise RuntimeError(f"{CONFIG_ENV} is not set: start workers with `voicestack agent start`")
     cfg = load_agent_config(path)
+    flows = load_call_flows(cfg, path)
     url = os.environ.get(INFERENCE_URL_ENV) or cfg.inference.url
-    return cfg, url
+    return cfg, flows, url
 
 
 def prewarm(proc: JobProcess) -> None:
     """Per job process, before any job: read the config once and load Silero VAD."""
-    cfg, url = _config_from_env()
+    cfg, flows, url = _config_from_env()
     proc.userdata["config"] = cfg
+    proc.userdata["flows"] = flows
     proc.userdata["inference_url"] = url
     # Rendered by the worker before it registered (worker.agent.runner): no job runs without.
     proc.userdata["announcements"] = load_announcements(cfg)
@@ -95,22 +108,43 @@ def prewarm(proc: JobProcess) -> None:
 
 
 class VoiceAgent(Agent):
-    """The persona: instructions from the config; greets as soon as the session starts, or,
-    in a job that took over a call whose agent died, apologises with the pre-rendered
-    ``recovered`` message (the caller already heard the greeting)."""
+    """The persona on the call's line: its instructions, then its greeting as soon as the
+    session starts (outside business hours: the flow's closed message instead) and the
+    flow's menu. In a job that took over a call whose agent died it apologises with the
+    pre-rendered ``recovered`` message (the caller already heard the greeting). Call control
+    sees every final caller turn first."""
 
-    def __init__(self, cfg: AgentConfig, announcer: Announcer, *, recovered: bool) -> None:
-        super().__init__(instructions=cfg.persona.system_prompt)
-        self._greeting = cfg.persona.greeting
+    def __init__(
+        self,
+        instructions: str,
+        greeting: str,
+        menu_prompt: str | None,
+        announcer: Announcer,
+        control: CallControl,
+        *,
+        recovered: bool,
+    ) -> None:
+        super().__init__(instructions=instructions)
+        self._greeting = greeting
+        self._menu_prompt = menu_prompt
         self._announcer = announcer
+        self._control = control
         self._recovered = recovered
 
     async def on_enter(self) -> None:
         if self._recovered:
             await self._announcer.play("recovered")
             return
+        if not await self._control.open_line():
+            return
         # The greeting is not interruptible: line noise at call setup must not cut it off.
         self.session.say(self._greeting, allow_interruptions=False)
+        if self._menu_prompt:
+            self.session.say(self._menu_prompt)
+
+    async def on_user_turn_completed(self, turn_ctx: ChatContext, new_message: ChatMessage) -> None:
+        if self._control.intercept(new_message.text_content or ""):
+            raise StopResponse()  # a transfer or a goodbye: the model does not answer
 
 
 def connect_options(cfg: AgentConfig) -> SessionConnectOptions:
@@ -193,28 +227,23 @@ async def entrypoint(ctx: JobContext) -> None:
     call_id = ctx.room.name or ctx.job.id
     link = _ServerLink(url=url, call_id=call_id, connect_timeout=cfg.inference.connect_timeout_s)
     announcements: Announcements = ctx.proc.userdata["announcements"]
-    metadata = _job_metadata(ctx.job.metadata)
+    metadata = job_metadata(ctx.job.metadata)
     recovered = RECOVERY_METADATA_KEY in metadata
+    outbound = OutboundContext.from_metadata(metadata)
     announcer = Announcer(ctx.room, announcements)
 
+    flows: FlowsConfig = ctx.proc.userdata["flows"]
+    control: CallControl | None = None  # set once the caller's line (flow) is known
+
     async def _end_call(reason: str) -> None:
-        """Transfer the caller to ``fallback.transfer_to`` if set (a failed transfer falls
-        back to a hang-up), else hang up by deleting the room; then end the job."""
+        """Transfer the caller to ``fallback.transfer_to`` if set (only an allowlisted
+        target; a failed transfer falls back to a hang-up), else hang up by deleting the
+        room; then end the job."""
         target = cfg.fallback.transfer_to
-        caller = _caller(ctx.room)
-        if target and caller is not None:
-            try:
-                await ctx.api.sip.transfer_sip_participant(
-                    api.TransferSIPParticipantRequest(
-                        room_name=ctx.room.name,
-                        participant_identity=caller.identity,
-                        transfer_to=target,
-                    )
-                )
-                logger.info("call %s transferred to %s (%s)", call_id, target, reason)
-            except Exception as err:
-                logger.error("transfer of call %s to %s failed: %s", call_id, target, err)
-                await announcer.play("goodbye")
+        if target and control is not None and not control.ended:
+            if await control.transfer(reason, target=target, say=False):
+                return
+            await announcer.play("goodbye")
         logger.warning("ending call %s: %s", call_id, reason)
         await ctx.delete_room()
         ctx.shutdown(reason=reason)  # a no-op when the job is already shutting down
@@ -284,6 +313,8 @@ async def entrypoint(ctx: JobContext) -> None:
             logger.warning("job ending with the caller on the line (%s): ending the call", reason)
             await guard.end(f"the agent is shutting down: {reason}")
         await guard.aclose()
+        if control is not None:
+            await control.aclose()
         for task in list(warming):
             task.cancel()
         await asyncio.gather(
@@ -369,9 +400,71 @@ async def entrypoint(ctx: JobContext) -> None:
             ctx.shutdown(reason="caller hung up")
 
     await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+    caller = await _wait_caller(ctx)
+    if outbound is not None:
+        flow = flows.by_name(outbound.flow) if outbound.flow else flows.for_number(None)
+        called: str | None = outbound.number
+        if caller is None or not await _wait_answered(caller):
+            logger.info("outbound call %s to %s was not answered", call_id, called)
+            await ctx.delete_room()
+            ctx.shutdown(reason="outbound call not answered")
+            return
+    else:
+        called = caller.attributes.get(CALLED_NUMBER_ATTR) if caller is not None else None
+        flow = flows.for_number(called)
+    if flow is None:
+        # No line answers this number (the flows file has no default): not our call.
+        logger.error("call %s to %s: no flow answers this number; hanging up", call_id, called)
+        await ctx.delete_room()
+        ctx.shutdown(reason="no flow for the called number")
+        return
+    call_event(
+        call_id,
+        "line",
+        flow=flow.name,
+        called=called or "-",
+        direction="outbound" if outbound is not None else "inbound",
+    )
+
+    async def _note(text: str) -> None:
+        agent = session.current_agent
+        chat = agent.chat_ctx.copy()
+        chat.add_message(role="system", content=text)
+        await agent.update_chat_ctx(chat)
+        if cfg.worker.log_transcripts:
+            logger.info("call %s: context note: %s", call_id, text)
+
+    control = CallControl(
+        ctx,
+        session,
+        flows,
+        flow,
+        call_id=call_id,
+        caller=lambda: _caller(ctx.room),
+        on_note=_note,
+        log_digits=cfg.worker.log_transcripts,
+    )
+
+    @ctx.room.on("sip_dtmf_received")
+    def _on_dtmf(ev: rtc.SipDTMF) -> None:
+        if control is not None:
+            control.on_dtmf(ev.digit)
+
+    instructions = flow.system_prompt or cfg.persona.system_prompt
+    greeting = flow.greeting or cfg.persona.greeting
+    menu_prompt = flow.menu_prompt
+    if outbound is not None:
+        instructions = f"{instructions}\n{outbound.instructions()}"
+        greeting, menu_prompt = outbound.greeting(flow.outbound_greeting), None
+        if outbound.dtmf:
+            await control.send_dtmf(outbound.dtmf)  # e.g. an extension behind an IVR
     await announcer.start()
     await session.start(
-        agent=VoiceAgent(cfg, announcer, recovered=recovered), room=ctx.room, record=False
+        agent=VoiceAgent(
+            instructions, greeting, menu_prompt, announcer, control, recovered=recovered
+        ),
+        room=ctx.room,
+        record=False,
     )
     _prefill()  # the system prompt, while the greeting plays
     logger.info(
@@ -382,12 +475,29 @@ async def entrypoint(ctx: JobContext) -> None:
     )
 
 
-def _job_metadata(raw: str) -> dict[str, Any]:
+async def _wait_caller(ctx: JobContext) -> rtc.RemoteParticipant | None:
+    """The caller (a SIP participant is in the room before the agent is dispatched; a WebRTC
+    caller may join a moment later); None if nobody comes within a few seconds."""
     try:
-        data = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        async with asyncio.timeout(_CALLER_WAIT_S):
+            return await ctx.wait_for_participant()
+    except TimeoutError:
+        return _caller(ctx.room)
+
+
+async def _wait_answered(caller: rtc.RemoteParticipant) -> bool:
+    """An outbound callee's phone rings until ``sip.callStatus`` turns ``active`` (answered);
+    False when the call ends (hung up, busy, no answer) or never answers in time."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _ANSWER_WAIT_S
+    while loop.time() < until:
+        status = caller.attributes.get(CALL_STATUS_ATTR, "")
+        if status == "active":
+            return True
+        if status == "hangup" or caller.disconnect_reason:
+            return False
+        await asyncio.sleep(0.1)
+    return False
 
 
 def _caller(room: rtc.Room) -> rtc.RemoteParticipant | None:

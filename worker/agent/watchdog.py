@@ -53,7 +53,7 @@ async def redispatch_if_orphaned(
 ) -> bool:
     """Dispatch ``agent_name`` to ``room`` again if a caller (a non-agent participant) is
     still in it; True when a dispatch was created."""
-    from worker.agent.session import RECOVERY_METADATA_KEY
+    from worker.agent.job_context import RECOVERY_METADATA_KEY
 
     try:
         parts = await lk.room.list_participants(api.ListParticipantsRequest(room=room))

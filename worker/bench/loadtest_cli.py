@@ -11,7 +11,7 @@ import yaml
 
 from worker.bench.loadtest import LoadtestOptions, run_loadtest
 from worker.bench.loadtest_report import format_table, write_json, write_plot
-from worker.config.agent import load_agent_config
+from worker.config.agent import load_agent_config, rebase_flows
 from worker.config.loader import ConfigError
 from worker.stack.plan import tool_path
 from worker.stack.render import project_root
@@ -30,6 +30,7 @@ def variant_config(base: Path, overrides: str, out: Path) -> Path:
     """Write ``base`` with dotted-key overrides (``turn.detector=transcript,llm.max_tokens=48``,
     values parsed as YAML) to ``out``; the command line then names the lever it measured."""
     data = yaml.safe_load(base.read_text()) or {}
+    rebase_flows(data, base)
     for item in filter(None, (p.strip() for p in overrides.split(","))):
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():

@@ -78,7 +78,7 @@ class BaresipCaller:
         if self._work is None:
             return np.zeros(0, dtype=np.int16)
         dec = sorted((self._work / "rec").glob("*-dec.wav"))
-        return _read_growing_wav(dec[-1]) if dec else np.zeros(0, dtype=np.int16)
+        return read_growing_wav(dec[-1]) if dec else np.zeros(0, dtype=np.int16)
 
     async def call(self, script: CallerScript, *, hang_up: HangUp | None = None) -> CallRecording:
         if script.sample_rate != SIP_SAMPLE_RATE:
@@ -104,7 +104,7 @@ class BaresipCaller:
                 start_new_session=True,
             )
             try:
-                ctl = await _connect(ctl_port, proc)
+                ctl = await connect_ctl(ctl_port, proc)
                 break
             except BaresipError:
                 if proc.returncode is None:
@@ -137,7 +137,7 @@ class BaresipCaller:
         return self._recording(work, script, hung_up_early)
 
     async def _run_call(
-        self, ctl: _Ctl, script: CallerScript, hang_up: HangUp | None, work: Path
+        self, ctl: Ctl, script: CallerScript, hang_up: HangUp | None, work: Path
     ) -> bool:
         self.dialed_at = time.monotonic()
         await ctl.send("dial", self._target)
@@ -204,13 +204,24 @@ def _prepare(work_dir: Path | None, wav: Path) -> tuple[Path, int]:
         raise BaresipError(f"baresip modules not found in {MODULES}")
     work = Path(work_dir or tempfile.mkdtemp(prefix="baresip-"))
     work.mkdir(parents=True, exist_ok=True)
-    return work, _write_config(work, wav)
+    return work, write_config(work, wav)
 
 
-def _write_config(work: Path, wav: Path) -> int:
-    """baresip config + accounts bound to loopback on free ports; returns the ctrl_tcp port."""
+def write_config(
+    work: Path,
+    wav: Path,
+    *,
+    user: str = "caller",
+    auto_answer: bool = False,
+    sip_port: int | None = None,
+) -> int:
+    """baresip config + account bound to loopback on free ports; returns the ctrl_tcp port.
+
+    ``user``/``sip_port``: the account (``sip:user@127.0.0.1:sip_port``) other parties call;
+    ``auto_answer``: answer incoming calls at once (a human's desk phone, an outbound callee).
+    """
     # baresip binds its SIP port on UDP and TCP alike: the number must be free for both.
-    sip_port = _free_udp_tcp_port()
+    sip_port = sip_port or free_udp_tcp_port()
     ctl_port = free_port("127.0.0.1")
     rec = work / "rec"
     rec.mkdir(exist_ok=True)
@@ -245,7 +256,10 @@ def _write_config(work: Path, wav: Path) -> int:
         f"snd_path\t{rec}",
     ]
     (work / "config").write_text("\n".join(lines) + "\n")
-    (work / "accounts").write_text("<sip:caller@127.0.0.1>;regint=0;audio_codecs=PCMU\n")
+    answer = ";answermode=auto" if auto_answer else ""
+    (work / "accounts").write_text(
+        f"<sip:{user}@127.0.0.1:{sip_port}>;regint=0;audio_codecs=PCMU{answer}\n"
+    )
     return ctl_port
 
 
@@ -254,7 +268,8 @@ def _rtp_sources(log: Path) -> list[str]:
     return re.findall(r"incoming rtp for 'audio' established, receiving from (\S+)", text)
 
 
-def _free_udp_tcp_port(attempts: int = 50) -> int:
+def free_udp_tcp_port(attempts: int = 50) -> int:
+    """A loopback port free for UDP and TCP alike (baresip listens on both)."""
     for _ in range(attempts):
         port = free_port("127.0.0.1", "udp")
         if not port_in_use("127.0.0.1", port, "tcp"):
@@ -262,7 +277,7 @@ def _free_udp_tcp_port(attempts: int = 50) -> int:
     raise BaresipError("no port free for both UDP and TCP on 127.0.0.1")
 
 
-class _Ctl:
+class Ctl:
     """baresip's ctrl_tcp: netstring-framed JSON commands and events."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -275,7 +290,7 @@ class _Ctl:
         self._writer.write(str(len(body)).encode() + b":" + body + b",")
         await self._writer.drain()
 
-    async def _next(self) -> dict[str, object]:
+    async def next_message(self) -> dict[str, object]:
         size = await self._reader.readuntil(b":")
         body = await self._reader.readexactly(int(size[:-1]))
         await self._reader.readexactly(1)  # the trailing ","
@@ -286,7 +301,7 @@ class _Ctl:
     async def wait_event(self, kind: str, limit_s: float, *, fail_on: str = "") -> None:
         async with asyncio.timeout(limit_s):
             while True:
-                msg = await self._next()
+                msg = await self.next_message()
                 if msg.get("type") == kind:
                     return
                 if fail_on and msg.get("type") == fail_on:
@@ -296,19 +311,19 @@ class _Ctl:
         self._writer.close()
 
 
-async def _connect(port: int, proc: asyncio.subprocess.Process) -> _Ctl:
+async def connect_ctl(port: int, proc: asyncio.subprocess.Process) -> Ctl:
     for _ in range(100):
         if proc.returncode is not None:
             raise BaresipError(f"baresip exited at start (status {proc.returncode})")
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            return _Ctl(reader, writer)
+            return Ctl(reader, writer)
         except OSError:
             await asyncio.sleep(0.1)
     raise BaresipError("baresip's ctrl_tcp did not open")
 
 
-def _read_growing_wav(path: Path) -> Pcm:
+def read_growing_wav(path: Path) -> Pcm:
     """Samples written so far to a WAV file that is still being written (header not final)."""
     data = path.read_bytes()
     at = data.find(b"data")
@@ -325,7 +340,7 @@ async def _wait_heard_speech(work: Path, *, after_s: float, limit_s: float) -> f
     while loop.time() < deadline:
         dec = sorted((work / "rec").glob("*-dec.wav"))
         if dec:
-            heard = _read_growing_wav(dec[-1])
+            heard = read_growing_wav(dec[-1])
             for seg in speech_segments(heard, SIP_SAMPLE_RATE):
                 if seg.start_s >= after_s:
                     return seg.start_s

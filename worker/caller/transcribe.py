@@ -10,10 +10,10 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions
 
 from worker.agent.plugins import InferenceSTT, ServerError
-from worker.caller.analysis import CallAnalysis, Segment
+from worker.caller.analysis import CallAnalysis, Segment, speech_segments
 from worker.caller.audio import Pcm, resample
 
-__all__ = ["transcribe_analysis", "transcribe_pcm"]
+__all__ = ["transcribe_analysis", "transcribe_pcm", "transcribe_speech"]
 
 STT_RATE = 16000
 # The analysis runs after the call and is not latency-critical: when the inference server's
@@ -70,3 +70,17 @@ async def transcribe_analysis(
                 )
     finally:
         await stt.aclose()
+
+
+async def transcribe_speech(samples: Pcm, rate: int, *, inference_url: str) -> str:
+    """Everything said in ``samples``, speech segment by segment (long silences and several
+    sentences stay within one STT window each), joined with spaces."""
+    stt = InferenceSTT(url=inference_url, interim_results=False, call_id="caller-analysis")
+    try:
+        texts = [
+            await transcribe_pcm(stt, _cut(samples, rate, seg), rate)
+            for seg in speech_segments(samples, rate)
+        ]
+    finally:
+        await stt.aclose()
+    return " ".join(t.strip() for t in texts if t.strip())

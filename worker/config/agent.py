@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from worker.config.loader import load_model
+from worker.config.flows import DEFAULT_FLOWS, FlowsConfig, load_flows
+from worker.config.loader import ConfigError, load_model
 
 __all__ = [
     "AgentConfig",
@@ -23,7 +24,10 @@ __all__ = [
     "PersonaConfig",
     "TurnConfig",
     "WorkerConfig",
+    "flows_path",
     "load_agent_config",
+    "load_call_flows",
+    "rebase_flows",
 ]
 
 Seconds = Annotated[float, Field(gt=0)]
@@ -188,8 +192,9 @@ class FallbackConfig(_Strict):
 
     messages: FallbackMessages = FallbackMessages()
     transfer_to: str = ""
-    """Where a call goes when the agent cannot recover (``sip:queue@pbx`` or ``tel:+1...``);
-    empty: the caller hears ``goodbye`` and the call is hung up."""
+    """Where a call goes when the agent cannot recover: a name of the flows file's
+    ``transfer_targets`` (or one of their URIs); nothing else is ever dialled. Empty: the
+    caller hears ``goodbye`` and the call is hung up."""
     recovery_timeout_s: Seconds = 25.0
     """How long a call holds (hearing ``hold``, then ``still_holding`` every
     ``hold_repeat_s``) for the inference server to serve again before it is ended."""
@@ -224,8 +229,45 @@ class AgentConfig(_Strict):
     turn: TurnConfig = TurnConfig()
     worker: WorkerConfig = WorkerConfig()
     fallback: FallbackConfig = FallbackConfig()
+    flows: Annotated[str, Field(min_length=1)] | None = None
+    """Call flows file (config/flows.yaml), relative to this file; None: one default line."""
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Read and validate ``config/agent.yaml`` (raises ``ConfigError`` naming file and key)."""
     return load_model(path, AgentConfig)
+
+
+def rebase_flows(data: dict[str, object], source: Path) -> None:
+    """In raw agent-config ``data`` read from ``source``: make a relative ``flows`` path
+    absolute, so a derived config written elsewhere (a load-test variant, the container's
+    copy) still finds the flows file next to its source."""
+    flows = data.get("flows")
+    if isinstance(flows, str) and not Path(flows).is_absolute():
+        data["flows"] = str((source.parent / flows).resolve())
+
+
+def flows_path(cfg: AgentConfig, config_path: str | Path) -> Path | None:
+    """Where ``cfg.flows`` points, relative to the agent config file that named it."""
+    if cfg.flows is None:
+        return None
+    return (Path(config_path).parent / cfg.flows).resolve()
+
+
+def load_call_flows(cfg: AgentConfig, config_path: str | Path) -> FlowsConfig:
+    """The call flows ``cfg`` names (validated; ``ConfigError`` naming the file), or the one
+    default line without a flows file. ``fallback.transfer_to`` must be one of its targets."""
+    path = flows_path(cfg, config_path)
+    flows = load_flows(path) if path is not None else DEFAULT_FLOWS
+    target = cfg.fallback.transfer_to
+    if (
+        target
+        and target not in flows.transfer_targets
+        and (target not in flows.transfer_targets.values())
+    ):
+        raise ConfigError(
+            f"{config_path}: fallback.transfer_to {target!r} is not a transfer target of "
+            f"{path or 'the flows file'} (transfer_targets: "
+            f"{', '.join(flows.transfer_targets) or 'none'})"
+        )
+    return flows

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +23,7 @@ from worker.config.stack import substitute_tree
 __all__ = [
     "DispatchRuleConfig",
     "InboundTrunkConfig",
+    "OutboundTrunkConfig",
     "TelephonyConfig",
     "load_telephony",
 ]
@@ -153,12 +154,70 @@ class DispatchRuleConfig(_Strict):
         return self
 
 
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_PREFIX = re.compile(r"^\+?[0-9]{1,15}$")
+
+
+class OutboundTrunkConfig(_Strict):
+    """One outbound SIP trunk: where ``voicestack call`` sends its INVITEs (the PBX/SBC)."""
+
+    name: _Name
+    address: Annotated[str, Field(min_length=1, max_length=255)]
+    """host[:port] of the PBX/SBC that places the calls (no sip: prefix)."""
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    numbers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    """Caller IDs this trunk may present (the first is the default)."""
+    destinations: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    """Number prefixes it may dial (``+1555``, ``0049``): never every number."""
+    auth_username: str | None = None
+    auth_password: str | None = None
+    ringing_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    max_call_duration_s: float = Field(default=3600.0, gt=0, le=86400)
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers_are_numbers(cls, values: list[str]) -> list[str]:
+        return [_check_number(v) for v in values]
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not _HOST_PORT.match(value):
+            raise ValueError(f"{value!r} is not host[:port] (no scheme, user or parameters)")
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _prefixes(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not _PREFIX.match(v):
+                raise ValueError(
+                    f"destination {v!r} is not a number prefix (digits with an optional +); "
+                    "an empty or bare '+' prefix would let the trunk dial anywhere"
+                )
+        return values
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> OutboundTrunkConfig:
+        if bool(self.auth_username) != bool(self.auth_password):
+            raise ValueError(
+                f"outbound trunk {self.name!r}: digest auth needs both auth_username and "
+                "auth_password"
+            )
+        return self
+
+    def allows(self, number: str) -> bool:
+        """Whether ``number`` is inside this trunk's destinations."""
+        return any(number.startswith(p) for p in self.destinations)
+
+
 class TelephonyConfig(_Strict):
     """The whole telephony config file."""
 
     agent_name: _Name
     trunks: list[InboundTrunkConfig] = Field(min_length=1)
     dispatch_rules: list[DispatchRuleConfig] = Field(min_length=1)
+    outbound_trunks: list[OutboundTrunkConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> TelephonyConfig:
@@ -166,6 +225,7 @@ class TelephonyConfig(_Strict):
         for kind, names in (
             ("trunk", trunk_names),
             ("dispatch rule", [r.name for r in self.dispatch_rules]),
+            ("outbound trunk", [t.name for t in self.outbound_trunks]),
         ):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:

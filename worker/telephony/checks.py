@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from worker.config.agent import load_agent_config
+from worker.config.agent import AgentConfig, load_agent_config, load_call_flows
 from worker.config.inference import InferenceConfig
 from worker.config.loader import ConfigError, load_model
 from worker.config.stack import Profile
@@ -172,6 +172,8 @@ def check_voice_configs(
                 f"{TELEPHONY_CONFIG}'s agent_name {telephony.agent_name!r}: no call would "
                 "reach an agent"
             )
+    if agent is not None:
+        problems += _check_flows(agent, agent_path, telephony)
     if agent is not None and inference is not None:
         if agent.llm.max_tokens > inference.llm.max_tokens:
             problems.append(
@@ -179,6 +181,56 @@ def check_voice_configs(
                 f"server's cap llm.max_tokens {inference.llm.max_tokens} ({inference_path}): "
                 "every LLM request would be refused"
             )
+    return problems
+
+
+def check_secrets_from_env(path: Path) -> list[str]:
+    """Trunk passwords in the telephony file must be ``${VAR}`` placeholders: a literal one
+    would sit in version control and in every copy of the config."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # load_telephony reports it
+    problems: list[str] = []
+    for section in ("trunks", "outbound_trunks"):
+        for trunk in raw.get(section) or []:
+            if not isinstance(trunk, dict):
+                continue
+            secret = trunk.get("auth_password")
+            if isinstance(secret, str | int) and str(secret) and not str(secret).startswith("${"):
+                problems.append(
+                    f"{path.name}: {section} {trunk.get('name')!r}: auth_password is written in "
+                    "the file; give it as ${VAR} from the environment"
+                )
+    return problems
+
+
+def _check_flows(
+    agent: AgentConfig, agent_path: Path, telephony: TelephonyConfig | None
+) -> list[str]:
+    """The flows file loads, and every trunk number has a line (and every line a trunk)."""
+    try:
+        flows = load_call_flows(agent, agent_path)
+    except ConfigError as err:
+        return [str(err)]
+    if telephony is None:
+        return []
+    problems: list[str] = []
+    trunk_numbers = {n for trunk in telephony.trunks for n in trunk.numbers}
+    has_default = any(f.default for f in flows.flows)
+    for number in sorted(trunk_numbers):
+        if flows.for_number(number) is None and not has_default:
+            problems.append(
+                f"{TELEPHONY_CONFIG}: calls to {number} match no flow and there is no default "
+                "flow: they would be hung up"
+            )
+    for flow in flows.flows:
+        for number in flow.numbers:
+            if number not in trunk_numbers:
+                problems.append(
+                    f"flow {flow.name!r} answers {number}, which no trunk of "
+                    f"{TELEPHONY_CONFIG} receives"
+                )
     return problems
 
 
@@ -389,5 +441,6 @@ def check_stack(
         report.telephony = load_telephony(path, stack.env)
     except ConfigError as err:
         report.problems.append(str(err))
+    report.problems += check_secrets_from_env(path)
     report.problems += check_voice_configs(stack.root, report.telephony, agent_path)
     return report

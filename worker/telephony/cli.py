@@ -1,4 +1,4 @@
-"""``voicestack check-config`` and ``voicestack provision``."""
+"""``voicestack check-config``, ``voicestack provision`` and ``voicestack call``."""
 
 from __future__ import annotations
 
@@ -96,8 +96,48 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call(args: argparse.Namespace) -> int:
+    from worker.telephony.outbound import CallRequest, OutboundError, place_call
+
+    report = run_checks(args)
+    if not report.ok:
+        _print_problems(report)
+        print("call: nothing dialled (fix the config first)", file=sys.stderr)
+        return 2
+    assert report.stack is not None and report.telephony is not None
+    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
+    request = CallRequest(
+        number=args.number,
+        trunk=args.trunk,
+        purpose=args.purpose,
+        customer=args.customer,
+        flow=args.flow,
+        dtmf=args.dtmf,
+    )
+    try:
+        result = asyncio.run(
+            place_call(
+                report.telephony,
+                request,
+                url=url,
+                api_key=report.stack.api_key,
+                api_secret=report.stack.api_secret,
+            )
+        )
+    except OutboundError as err:
+        print(f"call: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # LiveKit unreachable
+        print(f"call: cannot reach LiveKit at {url}: {err}", file=sys.stderr)
+        return 5
+    status = f" (SIP {result.sip_status})" if result.sip_status else ""
+    detail = f": {result.detail}" if result.detail else ""
+    print(f"call: {args.number}: {result.outcome.value}{status}{detail}; room {result.room}")
+    return result.outcome.exit_code
+
+
 def register(subparsers: Any) -> None:
-    """Add ``check-config`` and ``provision`` to the ``voicestack`` command line."""
+    """Add ``check-config``, ``provision`` and ``call`` to the ``voicestack`` command line."""
     check = subparsers.add_parser(
         "check-config",
         help="validate livekit-server.yaml, sip-config.yaml and config/telephony.yaml",
@@ -116,3 +156,21 @@ def register(subparsers: Any) -> None:
         "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
     )
     prov.set_defaults(func=_provision)
+
+    call = subparsers.add_parser(
+        "call",
+        help="place an outbound call with the agent through an outbound trunk; exit status: "
+        "0 answered, 2 refused (bad input), 3 busy, 4 no answer, 5 failed",
+    )
+    add_common_arguments(call)
+    call.add_argument("number", help="the number to call (digits, optional leading +)")
+    call.add_argument("--trunk", default=None, help="outbound trunk name (default: the only one)")
+    call.add_argument("--flow", default=None, help="flow (line) the agent speaks for")
+    call.add_argument("--purpose", default="", help="why we call, for the agent's context")
+    call.add_argument("--customer", default="", help="the callee's name, for the greeting")
+    call.add_argument("--dtmf", default="", help="digits the agent keys in once answered")
+    call.add_argument("--telephony", type=Path, default=None, help="telephony config to use")
+    call.add_argument(
+        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
+    )
+    call.set_defaults(func=_call)

@@ -21,6 +21,7 @@ from livekit import api
 from worker.config.telephony import (
     DispatchRuleConfig,
     InboundTrunkConfig,
+    OutboundTrunkConfig,
     TelephonyConfig,
     load_telephony,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ProvisionError",
     "ProvisionResult",
     "desired_dispatch_rule",
+    "desired_outbound_trunk",
     "desired_trunk",
     "provision",
     "provision_loopback",
@@ -52,6 +54,7 @@ class ProvisionResult:
     unmanaged: list[str] = field(default_factory=list)
     trunk_ids: dict[str, str] = field(default_factory=dict)
     rule_ids: dict[str, str] = field(default_factory=dict)
+    outbound_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -91,6 +94,23 @@ def desired_trunk(cfg: InboundTrunkConfig) -> api.SIPInboundTrunkInfo:
     )
 
 
+def desired_outbound_trunk(cfg: OutboundTrunkConfig) -> api.SIPOutboundTrunkInfo:
+    """The LiveKit outbound trunk our config asks for (without ID)."""
+    transport = {
+        "udp": api.SIPTransport.SIP_TRANSPORT_UDP,
+        "tcp": api.SIPTransport.SIP_TRANSPORT_TCP,
+        "tls": api.SIPTransport.SIP_TRANSPORT_TLS,
+    }[cfg.transport]
+    return api.SIPOutboundTrunkInfo(
+        name=cfg.name,
+        address=cfg.address,
+        transport=transport,
+        numbers=list(cfg.numbers),
+        auth_username=cfg.auth_username or "",
+        auth_password=cfg.auth_password or "",
+    )
+
+
 def desired_dispatch_rule(
     cfg: DispatchRuleConfig, trunk_ids: list[str], agent_name: str
 ) -> api.SIPDispatchRuleInfo:
@@ -122,8 +142,9 @@ _TRUNK_FIELDS = (
     "max_call_duration",
 )
 _RULE_FIELDS = ("name", "trunk_ids", "rule", "room_config")
+_OUT_FIELDS = ("name", "address", "transport", "numbers", "auth_username", "auth_password")
 
-_Info = TypeVar("_Info", api.SIPInboundTrunkInfo, api.SIPDispatchRuleInfo)
+_Info = TypeVar("_Info", api.SIPInboundTrunkInfo, api.SIPDispatchRuleInfo, api.SIPOutboundTrunkInfo)
 
 
 def _projection(msg: Any, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -219,6 +240,26 @@ async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResu
         )
     wanted_rules = {r.name for r in cfg.dispatch_rules}
     result.unmanaged += [f"dispatch rule {n}" for n in sorted(rules) if n not in wanted_rules]
+
+    outbound = _by_name(
+        (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items,
+        "outbound trunk",
+    )
+    for out_cfg in cfg.outbound_trunks:
+        result.outbound_ids[out_cfg.name] = await _reconcile(
+            f"outbound trunk {out_cfg.name}",
+            desired_outbound_trunk(out_cfg),
+            outbound.get(out_cfg.name),
+            _OUT_FIELDS,
+            ident=lambda trunk: trunk.sip_trunk_id,
+            create=lambda want: lk.sip.create_outbound_trunk(
+                api.CreateSIPOutboundTrunkRequest(trunk=want)
+            ),
+            update=lk.sip.update_outbound_trunk,
+            result=result,
+        )
+    wanted_out = {t.name for t in cfg.outbound_trunks}
+    result.unmanaged += [f"outbound trunk {n}" for n in sorted(outbound) if n not in wanted_out]
 
 
 async def provision(

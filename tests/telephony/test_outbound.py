@@ -1,0 +1,96 @@
+"""Outbound calls without dialling: the trunk config refuses open destinations and half-set
+credentials, a request outside the trunk's destinations or with a bad number is refused before
+anything is dialled (exit status 2), SIP statuses map to outcomes and exit codes, and
+check-config refuses a password written in the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worker.config.loader import ConfigError, parse_model
+from worker.config.telephony import OutboundTrunkConfig, TelephonyConfig
+from worker.stack.render import project_root
+from worker.telephony.checks import check_secrets_from_env
+from worker.telephony.outbound import CallRequest, OutboundError, Outcome, _validate, classify
+
+ROOT = project_root()
+TRUNK = {"name": "out", "address": "10.0.0.5:5060", "numbers": ["+15550100"],
+         "destinations": ["+1555"]}  # fmt: skip
+
+
+def _telephony(**trunk: object) -> TelephonyConfig:
+    data = yaml.safe_load((ROOT / "config" / "telephony.yaml").read_text())
+    data["trunks"][0]["numbers"] = ["+15550100"]
+    data["trunks"][0]["allowed_addresses"] = ["127.0.0.1/32"]
+    data["trunks"][0]["auth_username"] = data["trunks"][0]["auth_password"] = None
+    data["outbound_trunks"] = [{**TRUNK, **trunk}]
+    return parse_model(data, TelephonyConfig)
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"destinations": []}, "destinations"),
+        ({"destinations": ["+"]}, "would let the trunk dial anywhere"),
+        ({"destinations": [""]}, "destinations"),
+        ({"address": "sip:pbx@10.0.0.5"}, r"not host\[:port\]"),
+        ({"auth_username": "u"}, "needs both auth_username and auth_password"),
+        ({"numbers": ["abc"]}, "not a phone number"),
+        ({"transport": "ws"}, "transport"),
+    ],
+)
+def test_bad_outbound_trunks_are_refused(override: dict[str, object], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        parse_model({**TRUNK, **override}, OutboundTrunkConfig)
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (CallRequest(number="12ab"), "not a phone number"),
+        (CallRequest(number="+4930123456"), "outside the destinations"),
+        (CallRequest(number="+15550199", trunk="other"), "unknown outbound trunk 'other'"),
+        (CallRequest(number="+15550199", dtmf="12x"), "only 0-9, \\* and #"),
+    ],
+)
+def test_requests_refused_before_dialling(request_: CallRequest, reason: str) -> None:
+    with pytest.raises(OutboundError, match=reason):
+        _validate(_telephony(), request_)
+    assert _validate(_telephony(), CallRequest(number="+15550199")).name == "out"
+
+
+def test_sip_statuses_map_to_outcomes_and_exit_codes() -> None:
+    assert classify(486) is Outcome.BUSY and classify(603) is Outcome.BUSY
+    assert classify(480) is Outcome.NO_ANSWER and classify(487) is Outcome.NO_ANSWER
+    assert classify(404) is Outcome.FAILED and classify(None) is Outcome.FAILED
+    assert [o.exit_code for o in Outcome] == [0, 3, 4, 5]
+
+
+def test_cli_refuses_a_bad_number_with_exit_status_2(tmp_path: Path) -> None:
+    tel = tmp_path / "telephony.yaml"
+    data = yaml.safe_load((ROOT / "config" / "telephony.yaml").read_text())
+    data["outbound_trunks"] = [TRUNK]
+    tel.write_text(yaml.safe_dump(data))
+    for number, reason in (("12ab", "not a phone number"), ("+4930123", "outside the dest")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "call", number, "--profile", "loopback",
+             "--telephony", str(tel)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert reason in proc.stderr
+
+
+def test_literal_trunk_password_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "telephony.yaml"
+    path.write_text(
+        "outbound_trunks:\n  - {name: out, auth_password: hunter2hunter2}\n"
+        "trunks:\n  - {name: in, auth_password: '${PBX_AUTH_PASSWORD:-}'}\n"
+    )
+    (problem,) = check_secrets_from_env(path)
+    assert "outbound_trunks 'out': auth_password is written in the file" in problem
