@@ -149,3 +149,13 @@ def test_dtmf_codes() -> None:
     assert [dtmf_code(d) for d in "09*#"] == [0, 9, 10, 11]
     with pytest.raises(ValueError, match="not a DTMF digit"):
         dtmf_code("x")
+
+
+async def test_keys_after_the_call_ended_are_ignored() -> None:
+    control, ctx, session = _control(FakeSip())
+    await control.hang_up("done", "Bye.")
+    assert ctx.deleted == 1 and session.said == ["Bye."]
+    control.on_dtmf("1")
+    control.on_dtmf("0")
+    await asyncio.sleep(0.01)
+    assert session.said == ["Bye."] and ctx.deleted == 1 and session.interrupts == 0

@@ -126,3 +126,20 @@ def test_fallback_transfer_must_be_an_allowlisted_target(tmp_path: Path) -> None
         else:
             with pytest.raises(ConfigError, match="is not a transfer target"):
                 load_call_flows(cfg, path)
+
+
+def test_check_config_matches_lines_and_trunk_numbers(tmp_path: Path) -> None:
+    from prod_env import PROD_ENV
+
+    from worker.config.telephony import load_telephony
+    from worker.telephony.checks import check_voice_configs
+
+    tel = load_telephony(ROOT / "config" / "telephony.yaml", PROD_ENV)
+    trunk_number = tel.trunks[0].numbers[0]
+    (tmp_path / "flows.yaml").write_text("flows:\n  - {name: other, numbers: ['+4930999']}\n")
+    agent = tmp_path / "agent.yaml"
+    agent.write_text((ROOT / "config" / "agent.yaml").read_text())
+    problems = check_voice_configs(ROOT, tel, agent)
+    assert any(f"calls to {trunk_number} match no flow" in p for p in problems), problems
+    assert any("answers +4930999, which no trunk" in p for p in problems), problems
+    assert check_voice_configs(ROOT, tel, ROOT / "config" / "agent.yaml") == []

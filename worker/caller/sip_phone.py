@@ -147,12 +147,14 @@ class SipPhone:
         """The types of every event so far, in order."""
         return [str(e.get("type")) for e in self.events]
 
-    def heard(self) -> Pcm:
-        """What this phone heard in its latest call so far (8 kHz)."""
-        dec = sorted((self.work / "rec").glob("*-dec.wav"), key=lambda p: p.stat().st_mtime)
+    def heard(self, call: int = -1) -> Pcm:
+        """What this phone heard so far in its ``call``-th call (default: the latest; 0: the
+        first, e.g. the one that was transferred away), 8 kHz."""
+        # sndfile names its dumps by start time: name order is call order.
+        dec = sorted((self.work / "rec").glob("*-dec.wav"))
         if not dec:
             return np.zeros(0, dtype=np.int16)
-        return read_growing_wav(dec[-1])
+        return read_growing_wav(dec[call])
 
     def log_text(self) -> str:
         path = self.work / "baresip.log"
