@@ -11,25 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lines_support import TRUNK, telephony_with_outbound
 
 from worker.config.loader import ConfigError, parse_model
-from worker.config.telephony import OutboundTrunkConfig, TelephonyConfig
+from worker.config.telephony import OutboundTrunkConfig
 from worker.stack.render import project_root
 from worker.telephony.checks import check_secrets_from_env
 from worker.telephony.outbound import CallRequest, OutboundError, Outcome, _validate, classify
 
 ROOT = project_root()
-TRUNK = {"name": "out", "address": "10.0.0.5:5060", "numbers": ["+15550100"],
-         "destinations": ["+1555"]}  # fmt: skip
-
-
-def _telephony(**trunk: object) -> TelephonyConfig:
-    data = yaml.safe_load((ROOT / "config" / "telephony.yaml").read_text())
-    data["trunks"][0]["numbers"] = ["+15550100"]
-    data["trunks"][0]["allowed_addresses"] = ["127.0.0.1/32"]
-    data["trunks"][0]["auth_username"] = data["trunks"][0]["auth_password"] = None
-    data["outbound_trunks"] = [{**TRUNK, **trunk}]
-    return parse_model(data, TelephonyConfig)
 
 
 @pytest.mark.parametrize(
@@ -60,8 +50,8 @@ def test_bad_outbound_trunks_are_refused(override: dict[str, object], reason: st
 )
 def test_requests_refused_before_dialling(request_: CallRequest, reason: str) -> None:
     with pytest.raises(OutboundError, match=reason):
-        _validate(_telephony(), request_)
-    assert _validate(_telephony(), CallRequest(number="+15550199")).name == "out"
+        _validate(telephony_with_outbound(), request_)
+    assert _validate(telephony_with_outbound(), CallRequest(number="+15550199")).name == "out"
 
 
 def test_sip_statuses_map_to_outcomes_and_exit_codes() -> None:

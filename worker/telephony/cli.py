@@ -136,6 +136,39 @@ def _call(args: argparse.Namespace) -> int:
     return result.outcome.exit_code
 
 
+def _call_api(args: argparse.Namespace) -> int:
+    from worker.telephony.call_api import CallApi, bind_problem, serve, token_from_env
+
+    token = token_from_env()
+    problem = bind_problem(args.host, token)
+    if problem is not None:
+        print(f"call-api: {problem}", file=sys.stderr)
+        return 2
+    assert token is not None
+    report = run_checks(args)
+    if not report.ok:
+        _print_problems(report)
+        return 2
+    assert report.stack is not None and report.telephony is not None
+    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
+    api = CallApi(
+        report.telephony,
+        url=url,
+        api_key=report.stack.api_key,
+        api_secret=report.stack.api_secret,
+        token=token,
+    )
+    print(f"call-api: POST http://{args.host}:{args.port}/v1/calls", flush=True)
+    try:
+        asyncio.run(serve(api, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        print(f"call-api: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``check-config``, ``provision`` and ``call`` to the ``voicestack`` command line."""
     check = subparsers.add_parser(
@@ -174,3 +207,16 @@ def register(subparsers: Any) -> None:
         "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
     )
     call.set_defaults(func=_call)
+
+    capi = subparsers.add_parser(
+        "call-api",
+        help="serve POST /v1/calls (outbound calls) on loopback; needs VOICESTACK_CALL_API_TOKEN",
+    )
+    add_common_arguments(capi)
+    capi.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    capi.add_argument("--port", type=int, default=8790, help="port (default 8790)")
+    capi.add_argument("--telephony", type=Path, default=None, help="telephony config to use")
+    capi.add_argument(
+        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
+    )
+    capi.set_defaults(func=_call_api)
