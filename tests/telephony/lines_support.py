@@ -1,0 +1,136 @@
+"""The telephony suite's lines and helpers (tests/telephony/conftest.py builds the stack: the
+session's redis + livekit-server + livekit-sip, a real inference server and an agent worker
+whose flows file defines three lines on three numbers):
+
+- ``+15550100`` (``support``): a keypad menu (1: opening hours, 2: a 6-digit order number,
+  0: a person) and transfers to the human's desk phone (a baresip UA that answers itself);
+- ``+15550102`` (``sales``): its own greeting; its transfer target is a port nobody listens on,
+  so every transfer fails;
+- ``+15550103`` (``after-hours``): never open: the closed message, then a hang-up.
+
+The shipped trunk is provisioned with those numbers for the package and restored after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from worker.caller.audio import write_wav
+from worker.caller.sip import SIP_SAMPLE_RATE
+from worker.caller.utterances import speak_espeak
+from worker.config.loader import parse_model
+from worker.config.telephony import TelephonyConfig
+from worker.stack.loopback import LoopbackStack
+from worker.stack.render import project_root
+from worker.stack.supervisor import BackgroundSupervisor
+
+SUPPORT, SALES, CLOSED = "+15550100", "+15550102", "+15550103"
+SALES_GREETING = "Welcome to Northwind Sales. What can I do for you?"
+CLOSED_MESSAGE = "Northwind Support is closed now. Please call again tomorrow. Goodbye."
+OPENING_HOURS = "We are open Monday to Friday, from eight in the morning to six in the evening."
+
+
+@dataclass(frozen=True)
+class LineStack:
+    livekit: LoopbackStack
+    voice: BackgroundSupervisor
+    inference_url: str
+    human_port: int
+    callee_port: int
+    """Where the outbound trunk ``lines-out`` sends its INVITEs (destinations +1555...)."""
+    run_dir: Path
+    telephony: TelephonyConfig
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        assert self.livekit.sip_address is not None
+        return self.livekit.sip_address
+
+    def target(self, number: str) -> str:
+        host, port = self.sip_address
+        return f"sip:{number}@{host}:{port}"
+
+    def agent_log(self) -> str:
+        return (self.run_dir / "agent.log").read_text(errors="replace")
+
+
+def flows_for(human_port: int, dead_port: int) -> dict[str, object]:
+    return {
+        "transfer_targets": {
+            "desk": f"sip:frontdesk@127.0.0.1:{human_port}",
+            "nowhere": f"sip:nobody@127.0.0.1:{dead_port}",
+        },
+        "flows": [
+            {
+                "name": "support",
+                "numbers": [SUPPORT],
+                "greeting": "Northwind Support.",
+                "menu_prompt": "Press 1 for opening hours, 2 for your order, or 0 for a person.",
+                "menu": {
+                    "1": {"say": OPENING_HOURS},
+                    "2": {"collect": "order"},
+                    "0": {"transfer": True},
+                },
+                "collect": {
+                    "order": {
+                        "prompt": "Please type your six digit order number.",
+                        "label": "order number",
+                        "min_digits": 6,
+                        "max_digits": 6,
+                        "timeout_s": 6,
+                    }
+                },
+                "transfer": {"target": "desk", "key": "0", "ringing_timeout_s": 10},
+            },
+            {
+                "name": "sales",
+                "numbers": [SALES],
+                "greeting": SALES_GREETING,
+                "transfer": {"target": "nowhere", "key": "0", "ringing_timeout_s": 5},
+            },
+            {
+                "name": "after-hours",
+                "numbers": [CLOSED],
+                "hours": {"open": {}, "closed_message": CLOSED_MESSAGE},
+            },
+        ],
+    }
+
+
+def agent_config(dest: Path, flows: Path) -> Path:
+    data = yaml.safe_load((project_root() / "config" / "agent.yaml").read_text())
+    data["flows"] = str(flows)
+    data["worker"]["log_transcripts"] = True  # the digits and notes are what the tests read
+    path = dest / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def caller_wav(path: Path, said: list[tuple[float, str]], total_s: float = 90.0) -> Path:
+    """An 8 kHz caller microphone: ``said`` utterances (at seconds from answer) in silence.
+    baresip hangs up when the file ends, so ``total_s`` outlasts the call."""
+    out = np.zeros(int(total_s * SIP_SAMPLE_RATE), dtype=np.int16)
+    for at, text in said:
+        speech = speak_espeak(text, SIP_SAMPLE_RATE)
+        start = int(at * SIP_SAMPLE_RATE)
+        out[start : start + len(speech)] = speech[: len(out) - start]
+    write_wav(path, out, SIP_SAMPLE_RATE)
+    return path
+
+
+TRUNK = {"name": "out", "address": "10.0.0.5:5060", "numbers": ["+15550100"],
+         "destinations": ["+1555"]}  # fmt: skip
+
+
+def telephony_with_outbound(**trunk: object) -> TelephonyConfig:
+    """The shipped telephony config (loopback values) plus outbound trunk :data:`TRUNK`."""
+    data = yaml.safe_load((project_root() / "config" / "telephony.yaml").read_text())
+    data["trunks"][0]["numbers"] = ["+15550100"]
+    data["trunks"][0]["allowed_addresses"] = ["127.0.0.1/32"]
+    data["trunks"][0]["auth_username"] = data["trunks"][0]["auth_password"] = None
+    data["outbound_trunks"] = [{**TRUNK, **trunk}]
+    return parse_model(data, TelephonyConfig)
