@@ -89,6 +89,7 @@ def _control(sip: FakeSip) -> tuple[CallControl, FakeCtx, FakeSession]:
         call_id="call-1",
         caller=lambda: SimpleNamespace(identity="sip_caller"),  # type: ignore[arg-type,return-value]
         on_note=note,
+        hang_up_tail_s=0.0,
     )
     return control, ctx, session
 

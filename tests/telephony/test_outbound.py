@@ -57,8 +57,9 @@ def test_requests_refused_before_dialling(request_: CallRequest, reason: str) ->
 def test_sip_statuses_map_to_outcomes_and_exit_codes() -> None:
     assert classify(486) is Outcome.BUSY and classify(603) is Outcome.BUSY
     assert classify(480) is Outcome.NO_ANSWER and classify(487) is Outcome.NO_ANSWER
-    assert classify(404) is Outcome.FAILED and classify(None) is Outcome.FAILED
-    assert [o.exit_code for o in Outcome] == [0, 3, 4, 5]
+    assert classify(404) is Outcome.INVALID_NUMBER and classify(484) is Outcome.INVALID_NUMBER
+    assert classify(503) is Outcome.FAILED and classify(None) is Outcome.FAILED
+    assert [o.exit_code for o in Outcome] == [0, 3, 4, 5, 6]
 
 
 def test_cli_refuses_a_bad_number_with_exit_status_2(tmp_path: Path) -> None:

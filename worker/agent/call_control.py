@@ -47,6 +47,9 @@ _DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B":
 _DTMF_CODES.update({"C": 14, "D": 15})
 # livekit-sip sends each digit as an RFC 4733 event of this length plus a pause.
 _DTMF_GAP_S = 0.25
+# Audio still on its way to the caller when the agent's playout ends (WebRTC, livekit-sip and
+# phone jitter buffers): waited out before a hang-up.
+_HANG_UP_TAIL_S = 0.8
 # The REFER is answered at once; the NOTIFY that ends it comes when the target answers.
 _TRANSFER_SLACK_S = 10.0
 
@@ -83,6 +86,7 @@ class CallControl:
         caller: Callable[[], rtc.RemoteParticipant | None],
         on_note: Callable[[str], Awaitable[None]],
         log_digits: bool = False,
+        hang_up_tail_s: float = _HANG_UP_TAIL_S,
     ) -> None:
         self._ctx = ctx
         self._session = session
@@ -91,8 +95,11 @@ class CallControl:
         self._call_id = call_id
         self._caller = caller
         self._on_note = on_note
-        self._log_digits = log_digits  # account numbers are personal data: off by default
+        # What callers say and type (account numbers) is personal data: logged only when the
+        # operator turned worker.log_transcripts on.
+        self._log_digits = log_digits
         self.keypad = Keypad(flow)
+        self._tail_s = hang_up_tail_s
         self._busy = False  # a transfer or hang-up is under way: ignore further triggers
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,6 +126,8 @@ class CallControl:
     def intercept(self, transcript: str) -> bool:
         """Called with each final caller turn before the model answers; True when call
         control takes the turn (a transfer or a goodbye), so the model must not answer."""
+        if self._log_digits:
+            logger.info("call %s: caller turn: %s", self._call_id, transcript)
         if self._busy:
             return True
         transfer = self.flow.transfer
@@ -208,6 +217,9 @@ class CallControl:
         self.keypad.cancel()
         if message:
             await self._say(message, interruptible=False)
+            # "Played" means handed to WebRTC; livekit-sip's and the phone's jitter buffers
+            # still hold the last words. Hanging up at once cut "Goodbye." in half.
+            await asyncio.sleep(self._tail_s)
         self.ended = True
         call_event(self._call_id, "hang_up", reason=reason.replace(" ", "_"))
         await self._ctx.delete_room()  # livekit-sip sends BYE to the caller

@@ -28,6 +28,8 @@ class OutboundContext:
     customer: str = ""
     flow: str | None = None
     dtmf: str = ""
+    caller_id: str = ""
+    """The number the call presents (the outbound trunk's): its line speaks unless ``flow``."""
 
     def to_metadata(self) -> str:
         """The job metadata that carries this context."""
@@ -38,7 +40,7 @@ class OutboundContext:
         raw = data.get(OUTBOUND_METADATA_KEY)
         if not isinstance(raw, dict) or not isinstance(raw.get("number"), str):
             return None
-        text = {k: raw.get(k) for k in ("purpose", "customer", "dtmf")}
+        text = {k: raw.get(k) for k in ("purpose", "customer", "dtmf", "caller_id")}
         flow = raw.get("flow")
         return cls(
             number=raw["number"],
@@ -46,6 +48,7 @@ class OutboundContext:
             customer=text["customer"] if isinstance(text["customer"], str) else "",
             flow=flow if isinstance(flow, str) else None,
             dtmf=text["dtmf"] if isinstance(text["dtmf"], str) else "",
+            caller_id=text["caller_id"] if isinstance(text["caller_id"], str) else "",
         )
 
     def greeting(self, template: str) -> str:

@@ -402,7 +402,11 @@ async def entrypoint(ctx: JobContext) -> None:
     await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
     caller = await _wait_caller(ctx)
     if outbound is not None:
-        flow = flows.by_name(outbound.flow) if outbound.flow else flows.for_number(None)
+        # The line the call presents as caller ID speaks, unless the dialer named one.
+        if outbound.flow:
+            flow = flows.by_name(outbound.flow)
+        else:
+            flow = flows.for_number(outbound.caller_id or None)
         called: str | None = outbound.number
         if caller is None or not await _wait_answered(caller):
             logger.info("outbound call %s to %s was not answered", call_id, called)

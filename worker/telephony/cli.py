@@ -193,7 +193,7 @@ def register(subparsers: Any) -> None:
     call = subparsers.add_parser(
         "call",
         help="place an outbound call with the agent through an outbound trunk; exit status: "
-        "0 answered, 2 refused (bad input), 3 busy, 4 no answer, 5 failed",
+        "0 answered, 2 refused (bad input), 3 busy, 4 no answer, 5 failed, 6 invalid number",
     )
     add_common_arguments(call)
     call.add_argument("number", help="the number to call (digits, optional leading +)")

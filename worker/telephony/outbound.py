@@ -42,10 +42,12 @@ class Outcome(StrEnum):
     BUSY = "busy"
     NO_ANSWER = "no_answer"
     FAILED = "failed"
+    INVALID_NUMBER = "invalid_number"
 
     @property
     def exit_code(self) -> int:
-        return {"answered": 0, "busy": 3, "no_answer": 4, "failed": 5}[self.value]
+        codes = {"answered": 0, "busy": 3, "no_answer": 4, "failed": 5, "invalid_number": 6}
+        return codes[self.value]
 
 
 class OutboundError(ValueError):
@@ -113,6 +115,8 @@ def classify(status: int | None) -> Outcome:
         return Outcome.BUSY
     if status in (408, 480, 487):
         return Outcome.NO_ANSWER
+    if status in (404, 484, 604):  # Not Found, Address Incomplete, Does Not Exist Anywhere
+        return Outcome.INVALID_NUMBER
     return Outcome.FAILED
 
 
@@ -139,7 +143,9 @@ async def place_call(
             raise OutboundError(
                 f"LiveKit has no outbound trunk {trunk.name!r}: run `voicestack provision`"
             )
-        context = OutboundContext(number, req.purpose, req.customer, req.flow, req.dtmf)
+        context = OutboundContext(
+            number, req.purpose, req.customer, req.flow, req.dtmf, caller_id=trunk.numbers[0]
+        )
         await lk.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(
                 agent_name=cfg.agent_name, room=room, metadata=context.to_metadata()
@@ -167,9 +173,18 @@ async def place_call(
         except (api.TwirpError, TimeoutError, aiohttp.ClientError) as err:
             await _drop_room(lk, room)
             detail = getattr(err, "message", "") or type(err).__name__
-            outcome = Outcome.NO_ANSWER if isinstance(err, TimeoutError) else Outcome.FAILED
-            return CallResult(outcome, room, None, detail)
+            return CallResult(_unanswered_or_failed(err, detail), room, None, detail)
     return CallResult(Outcome.ANSWERED, room)
+
+
+def _unanswered_or_failed(err: BaseException, detail: str) -> Outcome:
+    # livekit-sip v1.11 ends a call that rang past its ringing timeout with a bare twirp
+    # error "sip request timed out" (no SIP status): the phone rang, nobody answered.
+    if isinstance(err, TimeoutError) or "timed out" in detail:
+        return Outcome.NO_ANSWER
+    if isinstance(err, api.TwirpError) and err.code == "deadline_exceeded":
+        return Outcome.NO_ANSWER
+    return Outcome.FAILED
 
 
 async def _drop_room(lk: api.LiveKitAPI, room: str) -> None:
