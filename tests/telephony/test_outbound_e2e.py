@@ -123,3 +123,23 @@ def test_unanswered_calls_report_their_outcome(
     got, status, detail = asyncio.run(run())
     assert got is outcome, (got, status, detail)
     assert outcome.exit_code == {"busy": 3, "no_answer": 4, "invalid_number": 6}[outcome.value]
+
+
+def test_outbound_trunks_are_provisioned_idempotently(line_stack: LineStack) -> None:
+    from worker.config.telephony import TelephonyConfig
+    from worker.telephony.provision import ProvisionResult, provision
+
+    lk = line_stack.livekit
+
+    def apply(cfg: TelephonyConfig) -> ProvisionResult:
+        return asyncio.run(provision(cfg, lk.livekit_url, lk.api_key, lk.api_secret))
+
+    again = apply(line_stack.telephony)
+    assert "outbound trunk lines-out" in again.unchanged and not again.changed
+    trunk_id = again.outbound_ids["lines-out"]
+    moved = line_stack.telephony.outbound_trunks[0].model_copy(update={"address": "127.0.0.1:5999"})
+    changed = apply(line_stack.telephony.model_copy(update={"outbound_trunks": [moved]}))
+    assert changed.updated == ["outbound trunk lines-out"]
+    assert changed.outbound_ids["lines-out"] == trunk_id  # replaced in place, same ID
+    restored = apply(line_stack.telephony)
+    assert restored.updated == ["outbound trunk lines-out"]
