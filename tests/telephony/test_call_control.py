@@ -160,3 +160,51 @@ async def test_keys_after_the_call_ended_are_ignored() -> None:
     control.on_dtmf("0")
     await asyncio.sleep(0.01)
     assert session.said == ["Bye."] and ctx.deleted == 1 and session.interrupts == 0
+
+
+async def test_keys_and_digits_are_masked_in_the_log_by_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flows = FlowsConfig.model_validate(
+        {
+            "flows": [
+                {
+                    "name": "acct",
+                    "default": True,
+                    "menu_prompt": "Press 2.",
+                    "menu": {"2": {"collect": "acct"}},
+                    "collect": {
+                        "acct": {
+                            "prompt": "Type it.",
+                            "label": "account",
+                            "min_digits": 4,
+                            "max_digits": 4,
+                        }
+                    },
+                }
+            ]
+        }
+    )
+    notes: list[str] = []
+
+    async def note(text: str) -> None:
+        notes.append(text)
+
+    control = CallControl(
+        FakeCtx(FakeSip()),  # type: ignore[arg-type]
+        FakeSession(),  # type: ignore[arg-type]
+        flows,
+        flows.flows[0],
+        call_id="call-2",
+        caller=lambda: None,
+        on_note=note,
+        hang_up_tail_s=0.0,
+    )
+    with caplog.at_level(logging.INFO, "voicestack.agent"):
+        for key in "29876":
+            control.on_dtmf(key)
+            await asyncio.sleep(0.01)
+    assert notes == ["The caller entered their account on the keypad: 9876."]
+    assert "9876" not in caplog.text and "digit=9" not in caplog.text
+    assert "event digits_collected name=acct digits=<4 digits>" in caplog.text
+    await control.aclose()
