@@ -13,14 +13,19 @@ The shipped trunk is provisioned with those numbers for the package and restored
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from worker.caller.analysis import speech_segments
 from worker.caller.audio import write_wav
 from worker.caller.sip import SIP_SAMPLE_RATE
+from worker.caller.sip_phone import SipPhone
+from worker.caller.transcribe import transcribe_speech
 from worker.caller.utterances import speak_espeak
 from worker.config.loader import parse_model
 from worker.config.telephony import TelephonyConfig
@@ -134,3 +139,63 @@ def telephony_with_outbound(**trunk: object) -> TelephonyConfig:
     data["trunks"][0]["auth_username"] = data["trunks"][0]["auth_password"] = None
     data["outbound_trunks"] = [{**TRUNK, **trunk}]
     return parse_model(data, TelephonyConfig)
+
+
+async def speech_after(phone: SipPhone, after_s: float, limit_s: float) -> float:
+    """Seconds into the heard recording when speech starts after ``after_s``."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit_s
+    while loop.time() < until:
+        for seg in speech_segments(phone.heard(), SIP_SAMPLE_RATE):
+            if seg.start_s >= after_s:
+                return seg.start_s
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no speech heard after {after_s:.1f} s within {limit_s:g} s")
+
+
+async def quiet_after(phone: SipPhone, after_s: float, quiet_s: float, limit_s: float) -> float:
+    """Seconds into the heard recording when it has been silent for ``quiet_s`` after speech
+    that ended after ``after_s`` (the agent finished saying something)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit_s
+    while loop.time() < until:
+        heard = phone.heard()
+        now = len(heard) / SIP_SAMPLE_RATE
+        segs = [s for s in speech_segments(heard, SIP_SAMPLE_RATE) if s.end_s > after_s]
+        if segs and now - segs[-1].end_s >= quiet_s:
+            return segs[-1].end_s
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the agent did not finish speaking within {limit_s:g} s")
+
+
+async def heard_text(stack: LineStack, phone: SipPhone, start_s: float, end_s: float) -> str:
+    """What the agent said between ``start_s`` and ``end_s`` of the heard recording (waits
+    until the recording is that long)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + end_s - start_s + 30
+    heard = phone.heard()
+    while len(heard) < end_s * SIP_SAMPLE_RATE and loop.time() < until:
+        await asyncio.sleep(0.1)  # the recording is a file baresip writes: poll it
+        heard = phone.heard()
+    part = heard[int(start_s * SIP_SAMPLE_RATE) : int(end_s * SIP_SAMPLE_RATE)]
+    return (
+        await transcribe_speech(part, SIP_SAMPLE_RATE, inference_url=stack.inference_url)
+    ).lower()
+
+
+async def log_has(stack: LineStack, pattern: str, limit_s: float) -> re.Match[str]:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit_s
+    while loop.time() < until:
+        match = re.search(pattern, stack.agent_log())
+        if match:
+            return match
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"agent log has no {pattern!r} within {limit_s:g} s")
+
+
+def room_of(stack: LineStack, mark: int) -> str:
+    """The room of the newest call whose line event appears after log offset ``mark``."""
+    found = re.findall(r"call (\S+) event line flow=", stack.agent_log()[mark:])
+    assert found, "the agent never picked a line for the call"
+    return str(found[-1])

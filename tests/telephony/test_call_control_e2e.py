@@ -8,7 +8,6 @@ our STT) and the agent's call events (``call <room> event <kind> ...`` in its lo
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,14 @@ from lines_support import (
     SUPPORT,
     LineStack,
     caller_wav,
+    heard_text,
+    log_has,
+    quiet_after,
+    room_of,
+    speech_after,
 )
 from stack_queries import room_names, wait_until
 
-from worker.caller.analysis import speech_segments
 from worker.caller.sip import SIP_SAMPLE_RATE
 from worker.caller.sip_phone import SipPhone
 from worker.caller.transcribe import transcribe_speech
@@ -31,66 +34,6 @@ from worker.caller.transcribe import transcribe_speech
 pytestmark = [pytest.mark.integration, pytest.mark.sip]
 
 ANSWER_S = 30.0
-
-
-async def _speech_after(phone: SipPhone, after_s: float, limit_s: float) -> float:
-    """Seconds into the heard recording when speech starts after ``after_s``."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + limit_s
-    while loop.time() < until:
-        for seg in speech_segments(phone.heard(), SIP_SAMPLE_RATE):
-            if seg.start_s >= after_s:
-                return seg.start_s
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no speech heard after {after_s:.1f} s within {limit_s:g} s")
-
-
-async def _quiet_after(phone: SipPhone, after_s: float, quiet_s: float, limit_s: float) -> float:
-    """Seconds into the heard recording when it has been silent for ``quiet_s`` after speech
-    that ended after ``after_s`` (the agent finished saying something)."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + limit_s
-    while loop.time() < until:
-        heard = phone.heard()
-        now = len(heard) / SIP_SAMPLE_RATE
-        segs = [s for s in speech_segments(heard, SIP_SAMPLE_RATE) if s.end_s > after_s]
-        if segs and now - segs[-1].end_s >= quiet_s:
-            return segs[-1].end_s
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the agent did not finish speaking within {limit_s:g} s")
-
-
-async def _heard_text(stack: LineStack, phone: SipPhone, start_s: float, end_s: float) -> str:
-    """What the agent said between ``start_s`` and ``end_s`` of the heard recording (waits
-    until the recording is that long)."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + end_s - start_s + 30
-    heard = phone.heard()
-    while len(heard) < end_s * SIP_SAMPLE_RATE and loop.time() < until:
-        await asyncio.sleep(0.1)  # the recording is a file baresip writes: poll it
-        heard = phone.heard()
-    part = heard[int(start_s * SIP_SAMPLE_RATE) : int(end_s * SIP_SAMPLE_RATE)]
-    return (
-        await transcribe_speech(part, SIP_SAMPLE_RATE, inference_url=stack.inference_url)
-    ).lower()
-
-
-async def _log_has(stack: LineStack, pattern: str, limit_s: float) -> re.Match[str]:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + limit_s
-    while loop.time() < until:
-        match = re.search(pattern, stack.agent_log())
-        if match:
-            return match
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"agent log has no {pattern!r} within {limit_s:g} s")
-
-
-def _room_of(stack: LineStack, mark: int) -> str:
-    """The room of the newest call whose line event appears after log offset ``mark``."""
-    found = re.findall(r"call (\S+) event line flow=", stack.agent_log()[mark:])
-    assert found, "the agent never picked a line for the call"
-    return str(found[-1])
 
 
 def test_keypad_menu_branch_barge_in_and_order_number(
@@ -102,32 +45,32 @@ def test_keypad_menu_branch_barge_in_and_order_number(
         async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
             await phone.dial(line_stack.target(SUPPORT))
             await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
-            greeting = await _speech_after(phone, 0.0, 20)
-            room = _room_of(line_stack, mark)
+            greeting = await speech_after(phone, 0.0, 20)
+            room = room_of(line_stack, mark)
             # This number's line, with its own greeting (the sales line has another).
-            await _log_has(line_stack, rf"call {room} event line flow=support called=\+15550100", 5)
-            first = await _heard_text(line_stack, phone, 0.0, greeting + 2.0)
+            await log_has(line_stack, rf"call {room} event line flow=support called=\+15550100", 5)
+            first = await heard_text(line_stack, phone, 0.0, greeting + 2.0)
             assert "support" in first, first
             # The menu prompt plays after the greeting: press 1 in the middle of it.
             await asyncio.sleep(3.0)
             pressed_at = len(phone.heard()) / SIP_SAMPLE_RATE
             await phone.press("1")
-            await _log_has(line_stack, rf"call {room} event barge_in by=key", 10)
-            end = await _quiet_after(phone, pressed_at + 0.5, 1.5, 30)
-            branch = await _heard_text(line_stack, phone, pressed_at + 0.3, end + 0.3)
+            await log_has(line_stack, rf"call {room} event barge_in by=key", 10)
+            end = await quiet_after(phone, pressed_at + 0.5, 1.5, 30)
+            branch = await heard_text(line_stack, phone, pressed_at + 0.3, end + 0.3)
             assert "monday" in branch and "friday" in branch, branch
 
             # Option 2: the order number, typed; it reaches the conversation.
             asked_at = len(phone.heard()) / SIP_SAMPLE_RATE
             await phone.press("2")
-            prompt_end = await _quiet_after(phone, asked_at + 0.3, 1.0, 20)
-            prompt = await _heard_text(line_stack, phone, asked_at, prompt_end + 0.3)
+            prompt_end = await quiet_after(phone, asked_at + 0.3, 1.0, 20)
+            prompt = await heard_text(line_stack, phone, asked_at, prompt_end + 0.3)
             assert "order number" in prompt, prompt
             await phone.press("123456")
-            await _log_has(
+            await log_has(
                 line_stack, rf"call {room} event digits_collected name=order digits=123456", 15
             )
-            await _log_has(
+            await log_has(
                 line_stack,
                 rf"call {room}: context note: The caller entered their order number on the "
                 r"keypad: 123456\.",
@@ -158,16 +101,16 @@ def test_key_0_transfers_to_the_allowlisted_desk_phone(
         ):
             await caller.dial(line_stack.target(SUPPORT))
             await caller.wait_event("CALL_ESTABLISHED", ANSWER_S)
-            await _speech_after(caller, 0.0, 20)
-            room = _room_of(line_stack, mark)
+            await speech_after(caller, 0.0, 20)
+            room = room_of(line_stack, mark)
             await caller.press("0")
-            await _log_has(line_stack, rf"call {room} event transfer_requested by=key key=0", 10)
-            await _log_has(line_stack, rf"call {room} event transfer_started target=desk", 20)
+            await log_has(line_stack, rf"call {room} event transfer_requested by=key key=0", 10)
+            await log_has(line_stack, rf"call {room} event transfer_started target=desk", 20)
             # The REFER reached the caller's phone, which called the desk phone: it picked up
             # (auto answer), and the call between caller and human is up.
             answered = await human.wait_event("CALL_ESTABLISHED", 20)
             assert "caller" in str(answered.get("peeruri")), answered
-            await _log_has(line_stack, rf"call {room} event transferred target=desk", 20)
+            await log_has(line_stack, rf"call {room} event transferred target=desk", 20)
             # The agent's leg is gone: the caller's first call was closed.
             await caller.wait_event("CALL_CLOSED", 15)
             # The handover line was said before the REFER.
@@ -191,21 +134,21 @@ def test_asking_for_a_person_when_the_transfer_fails_is_explained(
         async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
             await phone.dial(line_stack.target(SALES))
             await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
-            start = await _speech_after(phone, 0.0, 20)
-            room = _room_of(line_stack, mark)
-            await _log_has(line_stack, rf"call {room} event line flow=sales called=\+15550102", 5)
-            greeting_end = await _quiet_after(phone, start, 1.0, 20)
-            greeting = await _heard_text(line_stack, phone, 0.0, greeting_end + 0.3)
+            start = await speech_after(phone, 0.0, 20)
+            room = room_of(line_stack, mark)
+            await log_has(line_stack, rf"call {room} event line flow=sales called=\+15550102", 5)
+            greeting_end = await quiet_after(phone, start, 1.0, 20)
+            greeting = await heard_text(line_stack, phone, 0.0, greeting_end + 0.3)
             assert "sales" in greeting, (greeting, SALES_GREETING)
-            await _log_has(line_stack, rf"call {room} event transfer_requested by=speech", 30)
-            failed = await _log_has(
+            await log_has(line_stack, rf"call {room} event transfer_requested by=speech", 30)
+            failed = await log_has(
                 line_stack, rf"call {room} event transfer_failed target=nowhere", 40
             )
             assert failed
             # The caller hears why, and the call goes on (not hung up).
             at = len(phone.heard()) / SIP_SAMPLE_RATE
-            end = await _quiet_after(phone, at - 1.0, 1.5, 30)
-            told = await _heard_text(line_stack, phone, at - 1.0, end + 0.3)
+            end = await quiet_after(phone, at - 1.0, 1.5, 30)
+            told = await heard_text(line_stack, phone, at - 1.0, end + 0.3)
             assert "sorry" in told or "couldn't" in told or "reach" in told, told
             assert "CALL_CLOSED" not in phone.types()
             await phone.hang_up()
@@ -220,9 +163,9 @@ def test_goodbye_hangs_up_after_the_last_words(line_stack: LineStack, tmp_path: 
         async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
             await phone.dial(line_stack.target(SALES))
             await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
-            await _speech_after(phone, 0.0, 20)
-            room = _room_of(line_stack, mark)
-            await _log_has(line_stack, rf"call {room} event goodbye by=caller", 40)
+            await speech_after(phone, 0.0, 20)
+            room = room_of(line_stack, mark)
+            await log_has(line_stack, rf"call {room} event goodbye by=caller", 40)
             closed = await phone.wait_event("CALL_CLOSED", 30)  # the agent's BYE
             heard = phone.heard()
         said = await transcribe_speech(
@@ -232,7 +175,7 @@ def test_goodbye_hangs_up_after_the_last_words(line_stack: LineStack, tmp_path: 
         )
         assert "goodbye" in said.lower() or "bye" in said.lower(), said
         assert closed
-        await _log_has(line_stack, rf"call {room} event hang_up reason=the_caller_said_goodbye", 5)
+        await log_has(line_stack, rf"call {room} event hang_up reason=the_caller_said_goodbye", 5)
         return room
 
     room = asyncio.run(run())
@@ -252,8 +195,8 @@ def test_after_hours_line_plays_the_closed_message_and_hangs_up(
             await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
             await phone.wait_event("CALL_CLOSED", 40)
             heard = phone.heard()
-        room = _room_of(line_stack, mark)
-        await _log_has(line_stack, rf"call {room} event closed action=hang_up", 5)
+        room = room_of(line_stack, mark)
+        await log_has(line_stack, rf"call {room} event closed action=hang_up", 5)
         said = await transcribe_speech(
             heard, SIP_SAMPLE_RATE, inference_url=line_stack.inference_url
         )

@@ -82,6 +82,7 @@ def test_literal_trunk_password_is_refused(tmp_path: Path) -> None:
     path.write_text(
         "outbound_trunks:\n  - {name: out, auth_password: hunter2hunter2}\n"
         "trunks:\n  - {name: in, auth_password: '${PBX_AUTH_PASSWORD:-}'}\n"
+        "  - {name: in2, auth_password: checked-by-the-inbound-rules}\n"
     )
     (problem,) = check_secrets_from_env(path)
     assert "outbound_trunks 'out': auth_password is written in the file" in problem

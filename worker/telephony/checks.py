@@ -185,23 +185,25 @@ def check_voice_configs(
 
 
 def check_secrets_from_env(path: Path) -> list[str]:
-    """Trunk passwords in the telephony file must be ``${VAR}`` placeholders: a literal one
-    would sit in version control and in every copy of the config."""
+    """Outbound trunk passwords in the telephony file must be ``${VAR}`` placeholders: a
+    literal one (it places calls that cost money) would sit in version control and in every
+    copy of the config."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return []  # load_telephony reports it
+    if not isinstance(raw, dict):
+        return []
     problems: list[str] = []
-    for section in ("trunks", "outbound_trunks"):
-        for trunk in raw.get(section) or []:
-            if not isinstance(trunk, dict):
-                continue
-            secret = trunk.get("auth_password")
-            if isinstance(secret, str | int) and str(secret) and not str(secret).startswith("${"):
-                problems.append(
-                    f"{path.name}: {section} {trunk.get('name')!r}: auth_password is written in "
-                    "the file; give it as ${VAR} from the environment"
-                )
+    for trunk in raw.get("outbound_trunks") or []:
+        if not isinstance(trunk, dict):
+            continue
+        secret = trunk.get("auth_password")
+        if isinstance(secret, str | int) and str(secret) and not str(secret).startswith("${"):
+            problems.append(
+                f"{path.name}: outbound_trunks {trunk.get('name')!r}: auth_password is written "
+                "in the file; give it as ${VAR} from the environment"
+            )
     return problems
 
 
