@@ -53,7 +53,10 @@ def _one_call_config(dest: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="package")
+# Module scope (the suite is one module): a "package" fixture in a directory without
+# __init__.py lives until the end of the session, and this stack's inference server and agent
+# still held their ports (and LiveKit's agent name) when tests/telephony started its own.
+@pytest.fixture(scope="module")
 def fault_stack(sip_stack: LoopbackStack) -> Iterator[FaultStack]:
     from worker.agent.components import agent_spec, inference_spec
 

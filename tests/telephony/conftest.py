@@ -17,7 +17,10 @@ from worker.stack.supervisor import BackgroundSupervisor
 from worker.telephony.provision import provision, provision_loopback
 
 
-@pytest.fixture(scope="package")
+# Shared by the package's modules. pytest has no package scope for a directory without
+# __init__.py (it would last the session anyway): say so. tests/telephony is the last
+# directory of the suite, so no later agent competes for the agent name.
+@pytest.fixture(scope="session")
 def line_stack(sip_stack: LoopbackStack) -> Iterator[LineStack]:
     run_dir = sip_stack.run_dir / "telephony"
     run_dir.mkdir(parents=True, exist_ok=True)
