@@ -173,7 +173,9 @@ def test_goodbye_hangs_up_after_the_last_words(line_stack: LineStack, tmp_path: 
             SIP_SAMPLE_RATE,
             inference_url=line_stack.inference_url,
         )
-        assert "goodbye" in said.lower() or "bye" in said.lower(), said
+        # The flow's goodbye line ("Thank you for calling. Goodbye."), not a model answer;
+        # Whisper tiny at 8 kHz sometimes drops its short last word.
+        assert "bye" in said.lower() or "for calling" in said.lower(), said
         assert closed
         await log_has(line_stack, rf"call {room} event hang_up reason=the_caller_said_goodbye", 5)
         return room

@@ -22,6 +22,7 @@ GOODBYES = Flow(name="x", default=True).goodbye_phrases
         "Agent.",
         "A real person, please!",
         "I\u2019d like to speak to a manager.",
+        "Can I talk to the person, please?",
     ],
 )
 def test_asks_for_person(text: str) -> None:

@@ -51,9 +51,10 @@ def asks_for_person(text: str, phrases: Iterable[str]) -> bool:
     if len(words) <= _MAX_BARE_REQUEST_WORDS:
         # "Agent." / "Human, please.": the phrase without its article is enough.
         return any(_contains(words, _bare(p)) for p in phrases)
-    if not any(_contains(words, p) for p in phrases):
+    if not any(_contains(words, ask) for ask in _ASKS):
         return False
-    return any(_contains(words, ask) for ask in _ASKS)
+    # After an ask the article does not matter: Whisper writes "talk to the person" for "a".
+    return any(_contains(words, p) or _contains(words, _bare(p)) for p in phrases)
 
 
 def _bare(phrase: str) -> str:
