@@ -200,66 +200,80 @@ async def _reconcile(
     return ident(have)
 
 
+async def _reconcile_all(
+    kind: str,
+    have: Any,
+    wanted: list[tuple[str, _Info]],
+    fields: tuple[str, ...],
+    *,
+    ident: Callable[[_Info], str],
+    create: Callable[[_Info], Awaitable[_Info]],
+    update: Callable[[str, _Info], Awaitable[_Info]],
+    result: ProvisionResult,
+) -> dict[str, str]:
+    """Reconcile every wanted object of one kind with ``have`` (LiveKit's list of that kind);
+    returns name -> ID and reports LiveKit's other objects of the kind as unmanaged."""
+    existing = _by_name(have, kind)
+    ids = {
+        name: await _reconcile(
+            f"{kind} {name}",
+            want,
+            existing.get(name),
+            fields,
+            ident=ident,
+            create=create,
+            update=update,
+            result=result,
+        )
+        for name, want in wanted
+    }
+    result.unmanaged += [f"{kind} {n}" for n in sorted(existing) if n not in ids]
+    return ids
+
+
 async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResult) -> None:
-    trunks = _by_name(
-        (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items, "inbound trunk"
+    result.trunk_ids = await _reconcile_all(
+        "trunk",
+        (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items,
+        [(t.name, desired_trunk(t)) for t in cfg.trunks],
+        _TRUNK_FIELDS,
+        ident=lambda trunk: trunk.sip_trunk_id,
+        create=lambda want: lk.sip.create_inbound_trunk(
+            api.CreateSIPInboundTrunkRequest(trunk=want)
+        ),
+        update=lk.sip.update_inbound_trunk,
+        result=result,
     )
-    for trunk_cfg in cfg.trunks:
-        result.trunk_ids[trunk_cfg.name] = await _reconcile(
-            f"trunk {trunk_cfg.name}",
-            desired_trunk(trunk_cfg),
-            trunks.get(trunk_cfg.name),
-            _TRUNK_FIELDS,
-            ident=lambda trunk: trunk.sip_trunk_id,
-            create=lambda want: lk.sip.create_inbound_trunk(
-                api.CreateSIPInboundTrunkRequest(trunk=want)
-            ),
-            update=lk.sip.update_inbound_trunk,
-            result=result,
-        )
-    wanted_trunks = {t.name for t in cfg.trunks}
-    result.unmanaged += [f"trunk {n}" for n in sorted(trunks) if n not in wanted_trunks]
-
-    rules = _by_name(
-        (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items, "dispatch rule"
+    result.rule_ids = await _reconcile_all(
+        "dispatch rule",
+        (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items,
+        [
+            (
+                r.name,
+                desired_dispatch_rule(r, [result.trunk_ids[t] for t in r.trunks], cfg.agent_name),
+            )
+            for r in cfg.dispatch_rules
+        ],
+        _RULE_FIELDS,
+        ident=lambda rule: rule.sip_dispatch_rule_id,
+        create=lambda want: lk.sip.create_dispatch_rule(
+            api.CreateSIPDispatchRuleRequest(dispatch_rule=want)
+        ),
+        update=lk.sip.update_dispatch_rule,
+        result=result,
     )
-    for rule_cfg in cfg.dispatch_rules:
-        result.rule_ids[rule_cfg.name] = await _reconcile(
-            f"dispatch rule {rule_cfg.name}",
-            desired_dispatch_rule(
-                rule_cfg, [result.trunk_ids[t] for t in rule_cfg.trunks], cfg.agent_name
-            ),
-            rules.get(rule_cfg.name),
-            _RULE_FIELDS,
-            ident=lambda rule: rule.sip_dispatch_rule_id,
-            create=lambda want: lk.sip.create_dispatch_rule(
-                api.CreateSIPDispatchRuleRequest(dispatch_rule=want)
-            ),
-            update=lk.sip.update_dispatch_rule,
-            result=result,
-        )
-    wanted_rules = {r.name for r in cfg.dispatch_rules}
-    result.unmanaged += [f"dispatch rule {n}" for n in sorted(rules) if n not in wanted_rules]
-
-    outbound = _by_name(
-        (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items,
+    result.outbound_ids = await _reconcile_all(
         "outbound trunk",
+        (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items,
+        [(t.name, desired_outbound_trunk(t)) for t in cfg.outbound_trunks],
+        _OUT_FIELDS,
+        ident=lambda trunk: trunk.sip_trunk_id,
+        create=lambda want: lk.sip.create_outbound_trunk(
+            api.CreateSIPOutboundTrunkRequest(trunk=want)
+        ),
+        update=lk.sip.update_outbound_trunk,
+        result=result,
     )
-    for out_cfg in cfg.outbound_trunks:
-        result.outbound_ids[out_cfg.name] = await _reconcile(
-            f"outbound trunk {out_cfg.name}",
-            desired_outbound_trunk(out_cfg),
-            outbound.get(out_cfg.name),
-            _OUT_FIELDS,
-            ident=lambda trunk: trunk.sip_trunk_id,
-            create=lambda want: lk.sip.create_outbound_trunk(
-                api.CreateSIPOutboundTrunkRequest(trunk=want)
-            ),
-            update=lk.sip.update_outbound_trunk,
-            result=result,
-        )
-    wanted_out = {t.name for t in cfg.outbound_trunks}
-    result.unmanaged += [f"outbound trunk {n}" for n in sorted(outbound) if n not in wanted_out]
 
 
 async def provision(
