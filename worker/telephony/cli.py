@@ -1,15 +1,17 @@
-"""``voicestack check-config``, ``voicestack provision`` and ``voicestack call``."""
+"""``voicestack check-config``, ``provision``, ``call`` and ``call-api``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from worker.config.loader import ConfigError
 from worker.config.stack import Profile, merged_env
+from worker.config.telephony import TelephonyConfig
 from worker.telephony.checks import CheckReport, check_stack
 
 __all__ = ["add_common_arguments", "register", "run_checks"]
@@ -72,21 +74,48 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _LiveKitTarget:
+    """A checked telephony config and the LiveKit it is applied to."""
+
+    telephony: TelephonyConfig
+    url: str
+    api_key: str
+    api_secret: str
+
+
+def _checked_target(args: argparse.Namespace, refusal: str) -> _LiveKitTarget | None:
+    """Run every check; on problems print them and ``refusal``, and return None."""
+    report = run_checks(args)
+    if not report.ok:
+        _print_problems(report)
+        print(refusal, file=sys.stderr)
+        return None
+    assert report.stack is not None and report.telephony is not None
+    # LIVEKIT_URL (e.g. from a run directory's credentials.env) points at a running stack.
+    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
+    return _LiveKitTarget(report.telephony, url, report.stack.api_key, report.stack.api_secret)
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--telephony`` and ``--url``, shared by the commands that talk to LiveKit."""
+    add_common_arguments(parser)
+    parser.add_argument("--telephony", type=Path, default=None, help=f"telephony config to {verb}")
+    parser.add_argument(
+        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
+    )
+
+
 def _provision(args: argparse.Namespace) -> int:
     # Imported here: livekit-api pulls in aiohttp/protobuf, which check-config does not need.
     from worker.telephony.provision import ProvisionError, provision
 
-    report = run_checks(args)
-    if not report.ok:
-        _print_problems(report)
-        print("provision: nothing changed (fix the config first)", file=sys.stderr)
+    target = _checked_target(args, "provision: nothing changed (fix the config first)")
+    if target is None:
         return 2
-    assert report.stack is not None and report.telephony is not None
-    # LIVEKIT_URL (e.g. from a run directory's credentials.env) points at a running stack.
-    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
     try:
         result = asyncio.run(
-            provision(report.telephony, url, report.stack.api_key, report.stack.api_secret)
+            provision(target.telephony, target.url, target.api_key, target.api_secret)
         )
     except ProvisionError as err:
         print(f"provision: {err}", file=sys.stderr)
@@ -99,13 +128,9 @@ def _provision(args: argparse.Namespace) -> int:
 def _call(args: argparse.Namespace) -> int:
     from worker.telephony.outbound import CallRequest, OutboundError, place_call
 
-    report = run_checks(args)
-    if not report.ok:
-        _print_problems(report)
-        print("call: nothing dialled (fix the config first)", file=sys.stderr)
+    target = _checked_target(args, "call: nothing dialled (fix the config first)")
+    if target is None:
         return 2
-    assert report.stack is not None and report.telephony is not None
-    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
     request = CallRequest(
         number=args.number,
         trunk=args.trunk,
@@ -117,18 +142,18 @@ def _call(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(
             place_call(
-                report.telephony,
+                target.telephony,
                 request,
-                url=url,
-                api_key=report.stack.api_key,
-                api_secret=report.stack.api_secret,
+                url=target.url,
+                api_key=target.api_key,
+                api_secret=target.api_secret,
             )
         )
     except OutboundError as err:
         print(f"call: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # LiveKit unreachable
-        print(f"call: cannot reach LiveKit at {url}: {err}", file=sys.stderr)
+        print(f"call: cannot reach LiveKit at {target.url}: {err}", file=sys.stderr)
         return 5
     status = f" (SIP {result.sip_status})" if result.sip_status else ""
     detail = f": {result.detail}" if result.detail else ""
@@ -145,17 +170,14 @@ def _call_api(args: argparse.Namespace) -> int:
         print(f"call-api: {problem}", file=sys.stderr)
         return 2
     assert token is not None
-    report = run_checks(args)
-    if not report.ok:
-        _print_problems(report)
+    target = _checked_target(args, "call-api: not started (fix the config first)")
+    if target is None:
         return 2
-    assert report.stack is not None and report.telephony is not None
-    url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
     api = CallApi(
-        report.telephony,
-        url=url,
-        api_key=report.stack.api_key,
-        api_secret=report.stack.api_secret,
+        target.telephony,
+        url=target.url,
+        api_key=target.api_key,
+        api_secret=target.api_secret,
         token=token,
     )
     print(f"call-api: POST http://{args.host}:{args.port}/v1/calls", flush=True)
@@ -170,7 +192,7 @@ def _call_api(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``check-config``, ``provision`` and ``call`` to the ``voicestack`` command line."""
+    """Add ``check-config``, ``provision``, ``call`` and ``call-api`` to the command line."""
     check = subparsers.add_parser(
         "check-config",
         help="validate livekit-server.yaml, sip-config.yaml and config/telephony.yaml",
@@ -183,11 +205,7 @@ def register(subparsers: Any) -> None:
         "provision",
         help="create/update the SIP trunks and dispatch rules in LiveKit (idempotent)",
     )
-    add_common_arguments(prov)
-    prov.add_argument("--telephony", type=Path, default=None, help="telephony config to apply")
-    prov.add_argument(
-        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
-    )
+    _add_target_arguments(prov, "apply")
     prov.set_defaults(func=_provision)
 
     call = subparsers.add_parser(
@@ -195,28 +213,20 @@ def register(subparsers: Any) -> None:
         help="place an outbound call with the agent through an outbound trunk; exit status: "
         "0 answered, 2 refused (bad input), 3 busy, 4 no answer, 5 failed, 6 invalid number",
     )
-    add_common_arguments(call)
+    _add_target_arguments(call, "use")
     call.add_argument("number", help="the number to call (digits, optional leading +)")
     call.add_argument("--trunk", default=None, help="outbound trunk name (default: the only one)")
     call.add_argument("--flow", default=None, help="flow (line) the agent speaks for")
     call.add_argument("--purpose", default="", help="why we call, for the agent's context")
     call.add_argument("--customer", default="", help="the callee's name, for the greeting")
     call.add_argument("--dtmf", default="", help="digits the agent keys in once answered")
-    call.add_argument("--telephony", type=Path, default=None, help="telephony config to use")
-    call.add_argument(
-        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
-    )
     call.set_defaults(func=_call)
 
     capi = subparsers.add_parser(
         "call-api",
         help="serve POST /v1/calls (outbound calls) on loopback; needs VOICESTACK_CALL_API_TOKEN",
     )
-    add_common_arguments(capi)
+    _add_target_arguments(capi, "use")
     capi.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     capi.add_argument("--port", type=int, default=8790, help="port (default 8790)")
-    capi.add_argument("--telephony", type=Path, default=None, help="telephony config to use")
-    capi.add_argument(
-        "--url", default=None, help="LiveKit API URL (default: from livekit-server.yaml)"
-    )
     capi.set_defaults(func=_call_api)
