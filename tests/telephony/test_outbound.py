@@ -51,7 +51,8 @@ def test_bad_outbound_trunks_are_refused(override: dict[str, object], reason: st
 def test_requests_refused_before_dialling(request_: CallRequest, reason: str) -> None:
     with pytest.raises(OutboundError, match=reason):
         _validate(telephony_with_outbound(), request_)
-    assert _validate(telephony_with_outbound(), CallRequest(number="+15550199")).name == "out"
+    trunk, number = _validate(telephony_with_outbound(), CallRequest(number=" +15550199"))
+    assert trunk.name == "out" and number == "+15550199"
 
 
 def test_sip_statuses_map_to_outcomes_and_exit_codes() -> None:

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker.config.loader import load_model
+from worker.config.telephony import check_number
 
 __all__ = [
     "DEFAULT_FLOWS",
@@ -37,7 +38,6 @@ __all__ = [
 _Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 _Text = Annotated[str, Field(min_length=1, max_length=600)]
 _Key = Annotated[str, Field(pattern=r"^[0-9*#]$")]
-_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
 # sip:user@host[:port] with a numeric or simple host; no parameters or headers a caller could
 # smuggle a second destination into.
 _SIP_URI = re.compile(r"^(sip|tel):[A-Za-z0-9+_.-]+(@[A-Za-z0-9.-]+(:[0-9]{1,5})?)?$")
@@ -197,10 +197,7 @@ class Flow(_Strict):
     @field_validator("numbers")
     @classmethod
     def _numbers(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        for v in values:
-            if not _NUMBER.match(v):
-                raise ValueError(f"{v!r} is not a phone number (3-15 digits, optional +)")
-        return values
+        return tuple(check_number(v) for v in values)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -25,6 +25,7 @@ __all__ = [
     "InboundTrunkConfig",
     "OutboundTrunkConfig",
     "TelephonyConfig",
+    "check_number",
     "load_telephony",
 ]
 
@@ -55,7 +56,8 @@ MIN_PASSWORD_CHARS = 12
 """Digest auth is tried online at SIP speed: a short password falls to a dictionary."""
 
 
-def _check_number(value: str) -> str:
+def check_number(value: str) -> str:
+    """``value`` stripped, or ``ValueError`` if it is not a phone number (3-15 digits, +)."""
     text = value.strip()
     if not _NUMBER.match(text):
         raise ValueError(
@@ -101,7 +103,7 @@ class InboundTrunkConfig(_Strict):
     @field_validator("numbers", "allowed_numbers")
     @classmethod
     def _numbers_are_numbers(cls, values: list[str]) -> list[str]:
-        return [_check_number(v) for v in values]
+        return [check_number(v) for v in values]
 
     @field_validator("allowed_addresses")
     @classmethod
@@ -177,7 +179,7 @@ class OutboundTrunkConfig(_Strict):
     @field_validator("numbers")
     @classmethod
     def _numbers_are_numbers(cls, values: list[str]) -> list[str]:
-        return [_check_number(v) for v in values]
+        return [check_number(v) for v in values]
 
     @field_validator("address")
     @classmethod

@@ -21,7 +21,7 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api
 
 from worker.agent.job_context import OutboundContext
-from worker.config.telephony import OutboundTrunkConfig, TelephonyConfig
+from worker.config.telephony import OutboundTrunkConfig, TelephonyConfig, check_number
 
 __all__ = [
     "CallRequest",
@@ -31,7 +31,6 @@ __all__ = [
     "place_call",
 ]
 
-_NUMBER = re.compile(r"^\+?[0-9]{3,15}$")
 _DIGITS = re.compile(r"^[0-9*#]{1,32}$")
 
 
@@ -80,10 +79,12 @@ class CallResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _validate(cfg: TelephonyConfig, req: CallRequest) -> OutboundTrunkConfig:
-    number = req.number.strip()
-    if not _NUMBER.match(number):
-        raise OutboundError(f"{req.number!r} is not a phone number (3-15 digits, optional +)")
+def _validate(cfg: TelephonyConfig, req: CallRequest) -> tuple[OutboundTrunkConfig, str]:
+    """The trunk to dial through and the number, cleaned; ``OutboundError`` otherwise."""
+    try:
+        number = check_number(req.number)
+    except ValueError as err:
+        raise OutboundError(str(err)) from None
     if req.dtmf and not _DIGITS.match(req.dtmf):
         raise OutboundError(f"--dtmf {req.dtmf!r}: only 0-9, * and # (at most 32)")
     if len(req.purpose) > 300 or len(req.customer) > 100:
@@ -106,7 +107,7 @@ def _validate(cfg: TelephonyConfig, req: CallRequest) -> OutboundTrunkConfig:
             f"{number} is outside the destinations of trunk {trunk.name!r} "
             f"({', '.join(trunk.destinations)})"
         )
-    return trunk
+    return trunk, number
 
 
 def classify(status: int | None) -> Outcome:
@@ -132,8 +133,7 @@ async def place_call(
 
     Raises :class:`OutboundError` for a request refused before dialling (nothing dialled).
     """
-    trunk = _validate(cfg, req)
-    number = req.number.strip()
+    trunk, number = _validate(cfg, req)
     room = f"out-{uuid.uuid4().hex[:12]}"
     timeout = aiohttp.ClientTimeout(total=trunk.ringing_timeout_s + 30)
     async with api.LiveKitAPI(url, api_key, api_secret, timeout=timeout, failover=False) as lk:
