@@ -17,10 +17,10 @@ from worker.stack.supervisor import BackgroundSupervisor
 from worker.telephony.provision import provision, provision_loopback
 
 
-# Shared by the package's modules. pytest has no package scope for a directory without
-# __init__.py (it would last the session anyway): say so. tests/telephony is the last
-# directory of the suite, so no later agent competes for the agent name.
-@pytest.fixture(scope="session")
+# One stack per module: pytest has no package scope for a directory without __init__.py (a
+# "package" or session fixture would outlive the package and hold the inference and agent
+# ports, and LiveKit's agent name, when any later module starts its own voice stack).
+@pytest.fixture(scope="module")
 def line_stack(sip_stack: LoopbackStack) -> Iterator[LineStack]:
     run_dir = sip_stack.run_dir / "telephony"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,7 @@ class BaresipCaller:
         happened during the call."""
         if self._work is None:
             return np.zeros(0, dtype=np.int16)
-        dec = sorted((self._work / "rec").glob("*-dec.wav"))
-        return read_growing_wav(dec[-1]) if dec else np.zeros(0, dtype=np.int16)
+        return heard_in(self._work)
 
     async def call(self, script: CallerScript, *, hang_up: HangUp | None = None) -> CallRecording:
         if script.sample_rate != SIP_SAMPLE_RATE:
@@ -86,35 +86,8 @@ class BaresipCaller:
                 f"the SIP caller plays {SIP_SAMPLE_RATE} Hz WAVs (G.711); "
                 f"the script is {script.sample_rate} Hz"
             )
-        exe = shutil.which("baresip")
-        if exe is None:
-            raise BaresipError("baresip is not installed (apt-get install baresip)")
-        hung_up_early = False
-        for attempt in range(3):
-            work, ctl_port = _prepare(self._work_dir, script.wav)
-            self._work = work
-            log = (work / "baresip.log").open("wb")
-            proc = await asyncio.create_subprocess_exec(
-                exe,
-                "-f",
-                str(work),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                ctl = await connect_ctl(ctl_port, proc)
-                break
-            except BaresipError:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                log.close()
-                # Another process took one of the free ports we picked: pick again.
-                if attempt == 2:
-                    raise
-                logger.warning("baresip failed to start (ports taken?); retrying")
+        work, proc, ctl = await start_baresip(lambda: _prepare(self._work_dir, script.wav))
+        self._work = work
         try:
             try:
                 hung_up_early = await self._run_call(ctl, script, hang_up, work)
@@ -122,18 +95,8 @@ class BaresipCaller:
                 with contextlib.suppress(OSError):
                     await ctl.send("quit")
                 ctl.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-            log.close()
+            await stop_baresip(proc)
         return self._recording(work, script, hung_up_early)
 
     async def _run_call(
@@ -204,7 +167,54 @@ def _prepare(work_dir: Path | None, wav: Path) -> tuple[Path, int]:
         raise BaresipError(f"baresip modules not found in {MODULES}")
     work = Path(work_dir or tempfile.mkdtemp(prefix="baresip-"))
     work.mkdir(parents=True, exist_ok=True)
-    return work, write_config(work, wav)
+    ctl_port, _ = write_config(work, wav)
+    return work, ctl_port
+
+
+async def start_baresip(
+    configure: Callable[[], tuple[Path, int]],
+) -> tuple[Path, asyncio.subprocess.Process, Ctl]:
+    """Start baresip headless and connect to its ``ctrl_tcp``. ``configure()`` writes a config
+    on free ports and returns (its directory, the ctrl port); it is called again, up to three
+    times, when another process took one of those ports meanwhile."""
+    exe = shutil.which("baresip")
+    if exe is None:
+        raise BaresipError("baresip is not installed (apt-get install baresip)")
+    for attempt in range(3):
+        work, ctl_port = configure()
+        with (work / "baresip.log").open("wb") as log:  # the child keeps its own descriptor
+            proc = await asyncio.create_subprocess_exec(
+                exe,
+                "-f",
+                str(work),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            return work, proc, await connect_ctl(ctl_port, proc)
+        except BaresipError:
+            await stop_baresip(proc, grace_s=0.0)
+            if attempt == 2:
+                raise
+            logger.warning("baresip failed to start (ports taken?); retrying")
+    raise AssertionError("unreachable")
+
+
+async def stop_baresip(proc: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
+    """Give baresip ``grace_s`` to exit by itself (after ``quit``), then SIGTERM, then kill."""
+    if proc.returncode is None and grace_s > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace_s)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def write_config(
@@ -214,8 +224,9 @@ def write_config(
     user: str = "caller",
     auto_answer: bool = False,
     sip_port: int | None = None,
-) -> int:
-    """baresip config + account bound to loopback on free ports; returns the ctrl_tcp port.
+) -> tuple[int, int]:
+    """baresip config + account bound to loopback on free ports; returns the ctrl_tcp port and
+    the SIP port.
 
     ``user``/``sip_port``: the account (``sip:user@127.0.0.1:sip_port``) other parties call;
     ``auto_answer``: answer incoming calls at once (a human's desk phone, an outbound callee).
@@ -260,7 +271,7 @@ def write_config(
     (work / "accounts").write_text(
         f"<sip:{user}@127.0.0.1:{sip_port}>;regint=0;audio_codecs=PCMU{answer}\n"
     )
-    return ctl_port
+    return ctl_port, sip_port
 
 
 def _rtp_sources(log: Path) -> list[str]:
@@ -323,6 +334,13 @@ async def connect_ctl(port: int, proc: asyncio.subprocess.Process) -> Ctl:
     raise BaresipError("baresip's ctrl_tcp did not open")
 
 
+def heard_in(work: Path, call: int = -1) -> Pcm:
+    """What a baresip in ``work`` heard so far in its ``call``-th call (default: the latest);
+    sndfile names its dumps by start time, so name order is call order."""
+    dec = sorted((work / "rec").glob("*-dec.wav"))
+    return read_growing_wav(dec[call]) if dec else np.zeros(0, dtype=np.int16)
+
+
 def read_growing_wav(path: Path) -> Pcm:
     """Samples written so far to a WAV file that is still being written (header not final)."""
     data = path.read_bytes()
@@ -338,11 +356,8 @@ async def _wait_heard_speech(work: Path, *, after_s: float, limit_s: float) -> f
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while loop.time() < deadline:
-        dec = sorted((work / "rec").glob("*-dec.wav"))
-        if dec:
-            heard = read_growing_wav(dec[-1])
-            for seg in speech_segments(heard, SIP_SAMPLE_RATE):
-                if seg.start_s >= after_s:
-                    return seg.start_s
+        for seg in speech_segments(heard_in(work), SIP_SAMPLE_RATE):
+            if seg.start_s >= after_s:
+                return seg.start_s
         await asyncio.sleep(0.2)
     return None

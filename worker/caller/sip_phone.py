@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from worker.caller.audio import Pcm
-from worker.caller.sip import BaresipError, Ctl, connect_ctl, read_growing_wav, write_config
+from worker.caller.sip import (
+    BaresipError,
+    Ctl,
+    heard_in,
+    start_baresip,
+    stop_baresip,
+    write_config,
+)
 
 __all__ = ["SipPhone"]
 
@@ -50,45 +53,23 @@ class SipPhone:
         self._proc: asyncio.subprocess.Process | None = None
         self._ctl: Ctl | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._requested_port = port
         self.port = port or 0
-
-    @property
-    def uri(self) -> str:
-        """Where other parties reach this phone."""
-        return f"sip:{self.user}@127.0.0.1:{self.port}"
+        """The SIP port it listens on (known once started when none was requested)."""
 
     async def __aenter__(self) -> SipPhone:
-        exe = shutil.which("baresip")
-        if exe is None:
-            raise BaresipError("baresip is not installed (apt-get install baresip)")
-        for attempt in range(3):
+        def configure() -> tuple[Path, int]:
             self.work.mkdir(parents=True, exist_ok=True)
-            ctl_port = write_config(
+            ctl_port, self.port = write_config(
                 self.work,
                 self._wav,
                 user=self.user,
                 auto_answer=self._auto_answer,
-                sip_port=self.port or None,
+                sip_port=self._requested_port,
             )
-            self.port = _account_port(self.work)
-            log = (self.work / "baresip.log").open("wb")
-            self._proc = await asyncio.create_subprocess_exec(
-                exe,
-                "-f",
-                str(self.work),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-            try:
-                self._ctl = await connect_ctl(ctl_port, self._proc)
-                break
-            except BaresipError:
-                await self._stop_process()
-                if attempt == 2:
-                    raise
+            return self.work, ctl_port
+
+        _, self._proc, self._ctl = await start_baresip(configure)
         self._reader = asyncio.create_task(self._read_events(), name=f"baresip-{self.user}")
         return self
 
@@ -150,15 +131,7 @@ class SipPhone:
     def heard(self, call: int = -1) -> Pcm:
         """What this phone heard so far in its ``call``-th call (default: the latest; 0: the
         first, e.g. the one that was transferred away), 8 kHz."""
-        # sndfile names its dumps by start time: name order is call order.
-        dec = sorted((self.work / "rec").glob("*-dec.wav"))
-        if not dec:
-            return np.zeros(0, dtype=np.int16)
-        return read_growing_wav(dec[call])
-
-    def log_text(self) -> str:
-        path = self.work / "baresip.log"
-        return path.read_text(errors="replace") if path.is_file() else ""
+        return heard_in(self.work, call)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -182,22 +155,5 @@ class SipPhone:
                 self._changed.notify_all()
 
     async def _stop_process(self) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 3)
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-def _account_port(work: Path) -> int:
-    # write_config put the port in the account line: <sip:user@127.0.0.1:PORT>;...
-    line = (work / "accounts").read_text().split(">")[0]
-    return int(line.rsplit(":", 1)[1])
+        if self._proc is not None:
+            await stop_baresip(self._proc, grace_s=3.0)
