@@ -28,8 +28,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
@@ -43,8 +44,8 @@ __all__ = ["CallControl", "TransferRefused", "call_event", "dtmf_code"]
 
 logger = logging.getLogger("voicestack.agent")
 
-_DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13}
-_DTMF_CODES.update({"C": 14, "D": 15})
+# RFC 4733 event codes: 0-9, then *, #, A-D.
+_DTMF_CODES = {key: code for code, key in enumerate("0123456789*#ABCD")}
 # livekit-sip sends each digit as an RFC 4733 event of this length plus a pause.
 _DTMF_GAP_S = 0.25
 # Audio still on its way to the caller when the agent's playout ends (WebRTC, livekit-sip and
@@ -85,7 +86,7 @@ class CallControl:
         call_id: str,
         caller: Callable[[], rtc.RemoteParticipant | None],
         on_note: Callable[[str], Awaitable[None]],
-        log_digits: bool = False,
+        log_personal: bool = False,
         hang_up_tail_s: float = _HANG_UP_TAIL_S,
     ) -> None:
         self._ctx = ctx
@@ -97,19 +98,19 @@ class CallControl:
         self._on_note = on_note
         # What callers say and type (account numbers) is personal data: logged only when the
         # operator turned worker.log_transcripts on.
-        self._log_digits = log_digits
+        self._log_personal = log_personal
         self.keypad = Keypad(flow)
         self._tail_s = hang_up_tail_s
         self._busy = False  # a transfer or hang-up is under way: ignore further triggers
         self._ticker: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.ended = False
 
     # -- inputs ---------------------------------------------------------------------------------
 
     def on_dtmf(self, digit: str) -> None:
         """A key from the caller (room event); acts at once, interrupting the agent."""
-        call_event(self._call_id, "dtmf", digit=digit if self._log_digits else "*")
+        call_event(self._call_id, "dtmf", digit=digit if self._log_personal else "*")
         if self._busy:
             return
         actions = self.keypad.press(digit, time.monotonic())
@@ -126,7 +127,7 @@ class CallControl:
     def intercept(self, transcript: str) -> bool:
         """Called with each final caller turn before the model answers; True when call
         control takes the turn (a transfer or a goodbye), so the model must not answer."""
-        if self._log_digits:
+        if self._log_personal:
             logger.info("call %s: caller turn: %s", self._call_id, transcript)
         if self._busy:
             return True
@@ -265,7 +266,7 @@ class CallControl:
                 call_event(self._call_id, "transfer_requested", by="key", key=action.key)
                 await self.transfer("the caller pressed the transfer key")
             elif isinstance(action, Collected):
-                shown = action.digits if self._log_digits else f"<{len(action.digits)} digits>"
+                shown = action.digits if self._log_personal else f"<{len(action.digits)} digits>"
                 call_event(self._call_id, "digits_collected", name=action.name, digits=shown)
                 await self._on_note(
                     f"The caller entered their {action.label} on the keypad: {action.digits}."
@@ -291,15 +292,12 @@ class CallControl:
         except RuntimeError as err:  # the session is closing: the caller has gone
             logger.info("call %s: could not say %r: %s", self._call_id, text[:40], err)
 
-    def _spawn(self, coro: Awaitable[object]) -> None:
-        async def run() -> None:
-            await coro
-
-        task = asyncio.create_task(run())
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("call %s: call control failed", self._call_id, exc_info=task.exception())

@@ -40,15 +40,18 @@ class OutboundContext:
         raw = data.get(OUTBOUND_METADATA_KEY)
         if not isinstance(raw, dict) or not isinstance(raw.get("number"), str):
             return None
-        text = {k: raw.get(k) for k in ("purpose", "customer", "dtmf", "caller_id")}
-        flow = raw.get("flow")
+
+        def text(key: str) -> str:
+            value = raw.get(key)
+            return value if isinstance(value, str) else ""
+
         return cls(
             number=raw["number"],
-            purpose=text["purpose"] if isinstance(text["purpose"], str) else "",
-            customer=text["customer"] if isinstance(text["customer"], str) else "",
-            flow=flow if isinstance(flow, str) else None,
-            dtmf=text["dtmf"] if isinstance(text["dtmf"], str) else "",
-            caller_id=text["caller_id"] if isinstance(text["caller_id"], str) else "",
+            purpose=text("purpose"),
+            customer=text("customer"),
+            flow=text("flow") or None,
+            dtmf=text("dtmf"),
+            caller_id=text("caller_id"),
         )
 
     def greeting(self, template: str) -> str:

@@ -446,7 +446,7 @@ async def entrypoint(ctx: JobContext) -> None:
         call_id=call_id,
         caller=lambda: _caller(ctx.room),
         on_note=_note,
-        log_digits=cfg.worker.log_transcripts,
+        log_personal=cfg.worker.log_transcripts,
     )
 
     @ctx.room.on("sip_dtmf_received")
