@@ -13,12 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
 from worker.inference.background import RunningServer
+from worker.inference.scheduler import SchedulingConfig
 
-__all__ = ["admitted_calls"]
+__all__ = ["admits_when_idle", "admitted_calls"]
+
+
+def admits_when_idle(llm: dict[str, Any], **admission: Any) -> SchedulingConfig:
+    """Deadline scheduling for a server used with :func:`admitted_calls`: tiny per-call priors
+    and 0.2 s load windows, so calls are admitted as soon as the engines are idle. ``llm``:
+    the LLM scheduler's settings; ``admission``: e.g. ``max_calls``."""
+    priors = {f"{e}_units_per_call_s": 0.01 for e in ("stt", "llm", "tts")}
+    return SchedulingConfig.model_validate(
+        {
+            "mode": "deadline",
+            "admission": {**priors, **admission},
+            "stt": {"load_window_s": 0.2},
+            "llm": {**llm, "load_window_s": 0.2},
+            "tts": {"load_window_s": 0.2},
+        }
+    )
 
 
 async def _wait_engines_idle(s: aiohttp.ClientSession, server: RunningServer) -> None:

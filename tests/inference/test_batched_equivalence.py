@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from admitted_calls import admitted_calls
+from admitted_calls import admits_when_idle, admitted_calls
 
 from worker.config.inference import InferenceConfig, LlmEngineConfig, ResolvedModels
 from worker.inference.background import RunningServer, serve_in_thread
@@ -27,7 +27,7 @@ from worker.inference.engines.whisper_batch import BatchedWhisper
 from worker.inference.jobs import SttJob
 from worker.inference.runtime import Work
 from worker.inference.scheduled import StepItem
-from worker.inference.scheduler import Request, SchedulingConfig, Stage
+from worker.inference.scheduler import Request, Stage
 from worker.inference.step_engines import WhisperStep
 
 pytestmark = pytest.mark.integration
@@ -46,22 +46,8 @@ def deadline_server(models: ResolvedModels) -> Iterator[RunningServer]:
     config = InferenceConfig(
         port=0,
         llm=LlmEngineConfig(n_ctx=1024, max_tokens=256),
-        scheduler=SchedulingConfig.model_validate(
-            {
-                "mode": "deadline",
-                # Calls are admitted up front (tests/admitted_calls.py); tiny priors and a
-                # short load window let that happen as soon as the engines are idle.
-                "admission": {
-                    "max_calls": 16,
-                    "stt_units_per_call_s": 0.01,
-                    "llm_units_per_call_s": 0.01,
-                    "tts_units_per_call_s": 0.01,
-                },
-                "stt": {"load_window_s": 0.2},
-                "llm": {"max_batch": 4, "max_active": 6, "load_window_s": 0.2},
-                "tts": {"load_window_s": 0.2},
-            }
-        ),
+        # Calls are admitted up front (tests/admitted_calls.py).
+        scheduler=admits_when_idle({"max_batch": 4, "max_active": 6}, max_calls=16),
     )
     with serve_in_thread(config, models) as running:
         yield running

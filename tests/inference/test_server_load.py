@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from admitted_calls import admitted_calls
+from admitted_calls import admits_when_idle, admitted_calls
 
 from worker.config.inference import (
     InferenceConfig,
@@ -23,7 +23,6 @@ from worker.config.inference import (
 )
 from worker.inference.background import RunningServer, serve_in_thread
 from worker.inference.engines.tts import TtsEngine
-from worker.inference.scheduler import SchedulingConfig
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +35,9 @@ def _config() -> InferenceConfig:
         port=0,
         llm=LlmEngineConfig(n_ctx=1024, max_tokens=256),
         limits=LimitsConfig(max_streams_stt=8, max_streams_llm=8, max_streams_tts=8),
-        scheduler=SchedulingConfig.model_validate(
-            {
-                "mode": "deadline",
-                # This test is about completion and freed slots, not about refusing calls on
-                # the engines' measured load (2 shared cores): low priors, a short load window.
-                "admission": {
-                    "max_calls": 10,
-                    "max_load": 1.0,
-                    "stt_units_per_call_s": 0.01,
-                    "llm_units_per_call_s": 0.01,
-                    "tts_units_per_call_s": 0.01,
-                },
-                "stt": {"load_window_s": 0.2},
-                "llm": {"max_batch": 8, "max_active": 8, "load_window_s": 0.2},
-                "tts": {"load_window_s": 0.2},
-            }
-        ),
+        # This test is about completion and freed slots, not about refusing calls on the
+        # engines' measured load (2 shared cores): low priors, a short load window.
+        scheduler=admits_when_idle({"max_batch": 8, "max_active": 8}, max_calls=10, max_load=1.0),
     )
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,3 +201,39 @@ def room_of(stack: LineStack, mark: int) -> str:
     found = re.findall(r"call (\S+) event line flow=", stack.agent_log()[mark:])
     assert found, "the agent never picked a line for the call"
     return str(found[-1])
+
+
+ANSWER_S = 30.0
+"""How long a test waits for livekit-sip to answer (an agent must be dispatched first)."""
+
+
+@dataclass
+class Call:
+    """A caller's phone in an answered call, and where the agent's log stood when it dialled."""
+
+    stack: LineStack
+    phone: SipPhone
+    mark: int
+
+    def room(self) -> str:
+        """The call's room, from the agent's line event (after the agent picked the line)."""
+        return room_of(self.stack, self.mark)
+
+
+@asynccontextmanager
+async def calling(
+    stack: LineStack,
+    number: str,
+    work: Path,
+    said: list[tuple[float, str]] | None = None,
+    *,
+    total_s: float = 90.0,
+) -> AsyncIterator[Call]:
+    """A caller who says ``said`` (see :func:`caller_wav`) dials ``number``; yields once the
+    call is answered, hangs up (quits) when the block ends."""
+    mark = len(stack.agent_log())
+    wav = caller_wav(work / "caller.wav", said or [], total_s)
+    async with SipPhone(work / "caller", user="caller", wav=wav) as phone:
+        await phone.dial(stack.target(number))
+        await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
+        yield Call(stack, phone, mark)

@@ -19,10 +19,10 @@ from lines_support import (
     SUPPORT,
     LineStack,
     caller_wav,
+    calling,
     heard_text,
     log_has,
     quiet_after,
-    room_of,
     speech_after,
 )
 from stack_queries import room_names, wait_until
@@ -33,20 +33,15 @@ from worker.caller.transcribe import transcribe_speech
 
 pytestmark = [pytest.mark.integration, pytest.mark.sip]
 
-ANSWER_S = 30.0
-
 
 def test_keypad_menu_branch_barge_in_and_order_number(
     line_stack: LineStack, tmp_path: Path
 ) -> None:
     async def run() -> None:
-        mark = len(line_stack.agent_log())
-        wav = caller_wav(tmp_path / "caller.wav", [])
-        async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
-            await phone.dial(line_stack.target(SUPPORT))
-            await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
+        async with calling(line_stack, SUPPORT, tmp_path) as call:
+            phone = call.phone
             greeting = await speech_after(phone, 0.0, 20)
-            room = room_of(line_stack, mark)
+            room = call.room()
             # This number's line, with its own greeting (the sales line has another).
             await log_has(line_stack, rf"call {room} event line flow=support called=\+15550100", 5)
             first = await heard_text(line_stack, phone, 0.0, greeting + 2.0)
@@ -87,7 +82,6 @@ def test_key_0_transfers_to_the_allowlisted_desk_phone(
     line_stack: LineStack, tmp_path: Path
 ) -> None:
     async def run() -> None:
-        mark = len(line_stack.agent_log())
         silence = caller_wav(tmp_path / "silence.wav", [])
         async with (
             SipPhone(
@@ -97,12 +91,11 @@ def test_key_0_transfers_to_the_allowlisted_desk_phone(
                 auto_answer=True,
                 port=line_stack.human_port,
             ) as human,
-            SipPhone(tmp_path / "caller", user="caller", wav=silence) as caller,
+            calling(line_stack, SUPPORT, tmp_path) as call,
         ):
-            await caller.dial(line_stack.target(SUPPORT))
-            await caller.wait_event("CALL_ESTABLISHED", ANSWER_S)
+            caller = call.phone
             await speech_after(caller, 0.0, 20)
-            room = room_of(line_stack, mark)
+            room = call.room()
             await caller.press("0")
             await log_has(line_stack, rf"call {room} event transfer_requested by=key key=0", 10)
             await log_has(line_stack, rf"call {room} event transfer_started target=desk", 20)
@@ -129,13 +122,11 @@ def test_asking_for_a_person_when_the_transfer_fails_is_explained(
     line_stack: LineStack, tmp_path: Path
 ) -> None:
     async def run() -> None:
-        mark = len(line_stack.agent_log())
-        wav = caller_wav(tmp_path / "caller.wav", [(7.0, "Can I talk to a person, please?")])
-        async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
-            await phone.dial(line_stack.target(SALES))
-            await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
+        said = [(7.0, "Can I talk to a person, please?")]
+        async with calling(line_stack, SALES, tmp_path, said) as call:
+            phone = call.phone
             start = await speech_after(phone, 0.0, 20)
-            room = room_of(line_stack, mark)
+            room = call.room()
             await log_has(line_stack, rf"call {room} event line flow=sales called=\+15550102", 5)
             greeting_end = await quiet_after(phone, start, 1.0, 20)
             greeting = await heard_text(line_stack, phone, 0.0, greeting_end + 0.3)
@@ -158,13 +149,10 @@ def test_asking_for_a_person_when_the_transfer_fails_is_explained(
 
 def test_goodbye_hangs_up_after_the_last_words(line_stack: LineStack, tmp_path: Path) -> None:
     async def run() -> str:
-        mark = len(line_stack.agent_log())
-        wav = caller_wav(tmp_path / "caller.wav", [(9.0, "Okay, bye bye.")])
-        async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
-            await phone.dial(line_stack.target(SALES))
-            await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
+        async with calling(line_stack, SALES, tmp_path, [(9.0, "Okay, bye bye.")]) as call:
+            phone = call.phone
             await speech_after(phone, 0.0, 20)
-            room = room_of(line_stack, mark)
+            room = call.room()
             await log_has(line_stack, rf"call {room} event goodbye by=caller", 40)
             closed = await phone.wait_event("CALL_CLOSED", 30)  # the agent's BYE
             heard = phone.heard()
@@ -190,14 +178,10 @@ def test_after_hours_line_plays_the_closed_message_and_hangs_up(
     line_stack: LineStack, tmp_path: Path
 ) -> None:
     async def run() -> None:
-        mark = len(line_stack.agent_log())
-        wav = caller_wav(tmp_path / "caller.wav", [])
-        async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
-            await phone.dial(line_stack.target(CLOSED))
-            await phone.wait_event("CALL_ESTABLISHED", ANSWER_S)
-            await phone.wait_event("CALL_CLOSED", 40)
-            heard = phone.heard()
-        room = room_of(line_stack, mark)
+        async with calling(line_stack, CLOSED, tmp_path) as call:
+            await call.phone.wait_event("CALL_CLOSED", 40)
+            heard = call.phone.heard()
+        room = call.room()
         await log_has(line_stack, rf"call {room} event closed action=hang_up", 5)
         said = await transcribe_speech(
             heard, SIP_SAMPLE_RATE, inference_url=line_stack.inference_url

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from lines_support import SUPPORT, LineStack, caller_wav, heard_text, quiet_after, speech_after
+from lines_support import SUPPORT, LineStack, calling, heard_text, quiet_after, speech_after
 from sip_torture import fuzzed_invites, torture_messages
 
 from worker.caller.sip import SIP_SAMPLE_RATE
-from worker.caller.sip_phone import SipPhone
 
 pytestmark = [pytest.mark.integration, pytest.mark.sip, pytest.mark.security]
 
@@ -66,10 +65,8 @@ def test_hostile_sip_neither_crashes_livekit_sip_nor_disturbs_a_live_call(
     host, port = line_stack.sip_address
 
     async def run() -> dict[str, int]:
-        wav = caller_wav(tmp_path / "caller.wav", [], total_s=120.0)
-        async with SipPhone(tmp_path / "caller", user="caller", wav=wav) as phone:
-            await phone.dial(line_stack.target(SUPPORT))
-            await phone.wait_event("CALL_ESTABLISHED", 30)
+        async with calling(line_stack, SUPPORT, tmp_path, total_s=120.0) as call:
+            phone = call.phone
             start = await speech_after(phone, 0.0, 20)
             await quiet_after(phone, start, 1.5, 30)  # greeting and menu prompt done
             sent = await asyncio.to_thread(_blast, host, port)
