@@ -130,7 +130,12 @@ def test_asking_for_a_person_when_the_transfer_fails_is_explained(
             await log_has(line_stack, rf"call {room} event line flow=sales called=\+15550102", 5)
             greeting_end = await quiet_after(phone, start, 1.0, 20)
             greeting = await heard_text(line_stack, phone, 0.0, greeting_end + 0.3)
-            assert "sales" in greeting, (greeting, SALES_GREETING)
+            # Only this line's greeting asks "What can I do for you?"; Whisper tiny hears
+            # "Sales" as "cells" now and then.
+            assert "sales" in greeting or "what can i do for you" in greeting, (
+                greeting,
+                SALES_GREETING,
+            )
             await log_has(line_stack, rf"call {room} event transfer_requested by=speech", 30)
             failed = await log_has(
                 line_stack, rf"call {room} event transfer_failed target=nowhere", 40
