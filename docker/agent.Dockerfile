@@ -38,6 +38,7 @@ COPY docker/entrypoint.sh docker/render_configs.py docker/agent_config.py ./dock
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     VOICESTACK_MODEL_MANIFEST=/app/models/manifest.toml \
     VOICESTACK_MODELS_DIR=/models
 USER 10001

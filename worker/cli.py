@@ -8,6 +8,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 
+from worker.offline import apply_offline_env
 from worker.process_exit import exit_process
 
 __all__ = ["build_parser", "main", "run"]
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``voicestack`` console script."""
+    apply_offline_env()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

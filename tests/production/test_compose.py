@@ -241,6 +241,8 @@ def test_offline_and_no_development_keys() -> None:
     assert "devkey" not in text and "--dev" not in text and "development" not in text
     for name in ("inference", "agent", "render", "provision", "models-download"):
         assert services[name]["environment"]["HF_HUB_OFFLINE"] == "1", name
+        # onnxruntime's telemetry client resolves a Microsoft host otherwise (test_zero_egress).
+        assert services[name]["environment"]["ORT_DISABLE_TELEMETRY"] == "1", name
     for key in ("GF_ANALYTICS_REPORTING_ENABLED", "GF_ANALYTICS_CHECK_FOR_UPDATES"):
         assert services["grafana"]["environment"][key] == "false"
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from worker.config.agent import load_agent_config
 from worker.config.stack import Profile
+from worker.offline import OFFLINE_ENV
 from worker.stack.plan import COMPONENT_BUILDERS, PlanContext, voicestack_argv
 from worker.stack.ports import free_port
 from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
@@ -64,7 +65,7 @@ def inference_spec(
         argv=voicestack_argv(
             "inference-server", "--config", str(cfg), "--host", host, "--port", port, *faults
         ),
-        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
         health=HealthCheck("http", host, int(port), "/readyz"),
         # Models load from disk; on a busy 2-core machine that can take a minute.
         start_timeout_s=180,
@@ -120,7 +121,7 @@ def agent_spec(
             "LIVEKIT_URL": stack.ws_url,
             "LIVEKIT_API_KEY": stack.api_key,
             "LIVEKIT_API_SECRET": stack.api_secret,
-            "HF_HUB_OFFLINE": "1",
+            **OFFLINE_ENV,
             "OMP_NUM_THREADS": "1",
             "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0",
         },

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from worker.config.agent import AgentConfig, load_agent_config, load_call_flows
 from worker.config.loader import ConfigError
+from worker.offline import OFFLINE_ENV
 
 if TYPE_CHECKING:
     from livekit.agents import AgentServer
@@ -47,7 +48,8 @@ def pin_threads_env(env: dict[str, str] | os._Environ[str]) -> None:
     for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(key, "1")
     env["LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"] = "0"
-    env.setdefault("HF_HUB_OFFLINE", "1")
+    for key, value in OFFLINE_ENV.items():
+        env.setdefault(key, value)
 
 
 def build_server(
