@@ -20,6 +20,7 @@ APT_PACKAGES=(
   sox             # audio conversion for the demo's recordings
   espeak-ng       # Piper's phonemizer data; also a second voice for test utterances
   tshark          # the zero-egress test watches every packet the stack sends
+  iproute2        # ... from a network namespace (ip netns) whose only link out it captures
   pkg-config libopus-dev libopusfile-dev libsoxr-dev  # cgo deps of livekit-sip
   gcc g++ make cmake  # llama-cpp-python builds from source
 )

@@ -37,6 +37,7 @@ TEST_LIMITS = LimitsConfig(
     max_streams_llm=3,
     max_streams_tts=4,
     max_queue=16,
+    header_timeout_s=2.0,  # the slowloris test waits for it
 )
 
 

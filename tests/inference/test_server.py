@@ -487,3 +487,76 @@ async def test_connections_that_never_start_are_capped(inference_server: Running
                     break
                 await asyncio.sleep(0.02)
     await _assert_still_serving(inference_server)
+
+
+@pytest.mark.security
+async def test_slowloris_and_thousands_of_idle_connections(
+    inference_server: RunningServer,
+) -> None:
+    """3000 connections that never finish their headers (1500 idle, 1500 sending a byte every
+    0.2 s) while a live stream generates: beyond ``limits.max_connections`` they are closed at
+    once, the rest when ``limits.header_timeout_s`` passes; the live stream finishes untouched
+    and new streams are served afterwards."""
+    server = inference_server.server
+    limits = server.config.limits
+    host, port = inference_server.url.removeprefix("http://").rsplit(":", 1)
+    before_slow = await _metric(
+        inference_server, "voicestack_inference_requests_total", 'op="http",outcome="slow_headers"'
+    )
+    async with aiohttp.ClientSession() as s:
+        live = await _start(
+            s,
+            inference_server,
+            {
+                "op": "llm",
+                "call_id": "live",
+                "messages": STORY,
+                "max_tokens": 60,
+                "temperature": 0.0,
+            },
+        )
+        first = await live.receive_json(timeout=TIMEOUT)  # generating before the attack starts
+        assert first["type"] in {"token", "text"}, first
+        started = asyncio.get_running_loop().time()
+        attackers = [await asyncio.open_connection(host, int(port)) for _ in range(3000)]
+        opened_s = asyncio.get_running_loop().time() - started
+
+        async def dribble(writer: asyncio.StreamWriter) -> None:
+            for byte in b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaa":
+                if writer.is_closing():
+                    return
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.2)
+
+        dribblers = [asyncio.create_task(dribble(w)) for _, w in attackers[1500:]]
+        frames = [first, *await _frames(live)]
+        assert frames[-1]["type"] == "done", frames[-3:]
+
+        async def closed(reader: asyncio.StreamReader) -> None:
+            while await reader.read(4096):
+                pass
+
+        async with asyncio.timeout(limits.header_timeout_s + TIMEOUT):
+            await asyncio.gather(*(closed(r) for r, _ in attackers), return_exceptions=True)
+        reaped_s = asyncio.get_running_loop().time() - started
+        for task in dribblers:
+            task.cancel()
+        for _, writer in attackers:
+            writer.close()
+    guard_refused = await _metric(
+        inference_server,
+        "voicestack_inference_requests_total",
+        'op="http",outcome="too_many_connections"',
+    )
+    slow = await _metric(
+        inference_server, "voicestack_inference_requests_total", 'op="http",outcome="slow_headers"'
+    )
+    print(
+        f"slowloris: 3000 opened in {opened_s:.2f} s; all closed by the server after "
+        f"{reaped_s:.1f} s (header_timeout_s={limits.header_timeout_s}); refused at the cap "
+        f"{guard_refused:.0f}, closed slow {slow - before_slow:.0f}; live stream done with "
+        f"{frames[-1]['usage']['completion_tokens']} tokens"
+    )
+    assert guard_refused >= 3000 - limits.max_connections
+    assert slow - before_slow >= 1
+    await _assert_still_serving(inference_server)

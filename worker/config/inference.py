@@ -151,6 +151,24 @@ class LimitsConfig(_Strict):
             "10 s); beyond this new connections get HTTP 503"
         ),
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description=(
+            "a connection must finish its request headers within this (slowloris clients that "
+            "send a byte now and then are closed)"
+        ),
+    )
+    max_connections: int = Field(
+        1024,
+        ge=16,
+        le=100_000,
+        description=(
+            "open TCP connections at once (an agent call holds three or four); beyond this a "
+            "new connection is closed at once, before it can hold a file descriptor"
+        ),
+    )
     max_streams_per_call: int = Field(
         6,
         ge=3,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from worker.config.inference import InferenceConfig, ResolvedModels
+from worker.inference.connection_guard import GuardedSite
 from worker.inference.server import InferenceServer, build_app
 
 __all__ = ["RunningServer", "serve_in_thread"]
@@ -51,7 +52,7 @@ def serve_in_thread(
         runner = web.AppRunner(build_app(server), handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.host, config.port).start()
+            await GuardedSite(runner, config.host, config.port, server.connection_guard()).start()
             host, port = runner.addresses[0][:2]
             address.append(f"http://{host}:{port}")
             await server.engines.wait_loaded()

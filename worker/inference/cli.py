@@ -13,6 +13,7 @@ from aiohttp import web
 from worker.config.inference import load_inference_config
 from worker.config.loader import ConfigError
 from worker.inference.auth import bind_problem
+from worker.inference.connection_guard import GuardedSite
 from worker.inference.protocol import token_from_env
 from worker.inference.runtime import EngineLoadError
 from worker.inference.server import InferenceServer, build_app
@@ -69,7 +70,7 @@ async def serve(server: InferenceServer, token: str | None = None) -> int:
     config = server.config
     runner = web.AppRunner(build_app(server, token), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = GuardedSite(runner, config.host, config.port, server.connection_guard())
     try:
         await site.start()
     except OSError as err:

@@ -16,6 +16,7 @@ from aiohttp import WSCloseCode, web
 
 from worker.config.inference import InferenceConfig, ResolvedModels
 from worker.inference.auth import token_middleware
+from worker.inference.connection_guard import ConnectionGuard
 from worker.inference.faults import FaultInjector
 from worker.inference.jobs import EngineSet
 from worker.inference.llm_stream import run_llm_stream
@@ -75,6 +76,16 @@ class InferenceServer:
             "llm": limits.max_streams_llm,
             "tts": limits.max_streams_tts,
         }
+
+    def connection_guard(self) -> ConnectionGuard:
+        """The connection limits of ``config.limits`` for this server's site; refusals are
+        counted in ``voicestack_inference_requests_total`` (op ``http``)."""
+        limits = self.config.limits
+        return ConnectionGuard(
+            header_timeout_s=limits.header_timeout_s,
+            max_connections=limits.max_connections,
+            on_refusal=lambda reason: self.metrics.requests.labels("http", reason).inc(),
+        )
 
     # -- capacity -------------------------------------------------------------------------------
     def capacity(self) -> dict[str, Any]:
