@@ -1,4 +1,5 @@
-"""Render the shipped livekit-server.yaml and sip-config.yaml for production into a directory.
+"""Render the shipped livekit-server.yaml and sip-config.yaml for production into a directory,
+and the SIP edge's settings (``sip-edge.defines``).
 
 Run by the compose ``render`` service (``entrypoint.sh render``) before livekit-server and
 livekit-sip start: neither binary expands ``${VAR}`` in its YAML, so the same files as in dev
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from worker.config.loader import ConfigError
 from worker.config.stack import Profile
+from worker.config.telephony import load_telephony
+from worker.stack.plan import sip_edge_defines
 from worker.stack.render import render_stack, write_run_files
 
 
@@ -34,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     # outside the loopback profile write_run_files writes no credentials file.
     files = write_run_files(stack, args.out)
     print(f"render: wrote {files.livekit_config} and {files.sip_config}")
+    # The SIP edge's settings (docker/sip-edge.Dockerfile passes each line as -A NAME=value).
+    try:
+        edge_on = load_telephony(stack.telephony_path, os.environ).sip_edge.enabled
+        defines = sip_edge_defines(stack) if edge_on else {}
+    except ConfigError as err:
+        print(f"render: {err}", file=sys.stderr)
+        return 2
+    edge = args.out / "sip-edge.defines"
+    edge.write_text("".join(f"{k}={v}\n" for k, v in defines.items()), encoding="utf-8")
+    print(f"render: wrote {edge}" + ("" if edge_on else " (empty: sip_edge.enabled is false)"))
     return 0
 
 

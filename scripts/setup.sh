@@ -16,6 +16,7 @@ VENV="$root/.venv"
 APT_PACKAGES=(
   redis-server    # LiveKit SIP needs Redis
   sip-tester      # sipp: SIP signaling tests
+  kamailio        # the SIP edge in front of livekit-sip (sip-edge.cfg, docs/security.md)
   baresip         # the demo's scripted caller, a real SIP user agent
   sox             # audio conversion for the demo's recordings
   espeak-ng       # Piper's phonemizer data; also a second voice for test utterances

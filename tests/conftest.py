@@ -12,6 +12,7 @@ run (a skip there hides a broken setup). Anything else that misses a binary or m
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from worker.config.telephony import TelephonyConfig
 from worker.process_exit import exit_process, rtc_runtime_live
 from worker.stack.loopback import LoopbackStack, loopback_stack
-from worker.stack.plan import SIP_UNAVAILABLE, tool_path
+from worker.stack.plan import SIP_COMPONENTS, SIP_UNAVAILABLE, tool_path
 from worker.telephony.provision import ProvisionResult, provision_loopback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,8 +30,9 @@ SIP_BINARY = tool_path("livekit-sip")
 
 
 def sip_available() -> bool:
-    """True when the project-local livekit-sip binary exists."""
-    return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK)
+    """True when the project-local livekit-sip binary and the SIP edge (kamailio) exist."""
+    edge = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK) and os.path.exists(edge)
 
 
 def in_ci() -> bool:
@@ -102,7 +104,7 @@ def livekit_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loopback
     path retention). Components stop in reverse order at the end of the session.
     """
     run_dir: Path = tmp_path_factory.mktemp("stack")
-    components = ("redis", "livekit", "sip") if sip_available() else ("redis", "livekit")
+    components = SIP_COMPONENTS if sip_available() else ("redis", "livekit")
     with loopback_stack(run_dir, components) as stack:
         yield stack
 

@@ -38,6 +38,7 @@ __all__ = [
     "LoadtestOptions",
     "TurnRecord",
     "analyse_recording",
+    "place_calls",
     "run_loadtest",
 ]
 
@@ -176,13 +177,16 @@ async def _one_call(
     return result
 
 
-async def _calls(
+async def place_calls(
     opts: LoadtestOptions,
     script: CallerScript,
     sip_address: tuple[str, int],
     number: str,
     work: Path,
 ) -> list[CallResult]:
+    """``opts.calls`` baresip calls to ``number`` at ``sip_address``, started
+    ``opts.stagger_s`` apart, each playing ``script``; what each caller measured."""
+
     async def staggered(i: int) -> CallResult:
         await asyncio.sleep(i * opts.stagger_s)
         return await _one_call(i + 1, script, sip_address, number, work / f"call{i + 1}")
@@ -194,6 +198,7 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
     from worker.agent.components import agent_spec, inference_spec, inference_url
     from worker.caller.sip import SIP_SAMPLE_RATE
     from worker.stack.loopback import loopback_stack
+    from worker.stack.plan import SIP_COMPONENTS
     from worker.stack.render import RenderedStack, RunFiles
     from worker.stack.supervisor import StartError
     from worker.telephony.provision import ProvisionError, provision_loopback
@@ -211,7 +216,7 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
 
     started = time.monotonic()
     try:
-        with loopback_stack(work / "stack", ("redis", "livekit", "sip"), extra_specs=voice) as st:
+        with loopback_stack(work / "stack", SIP_COMPONENTS, extra_specs=voice) as st:
             tel, _ = provision_loopback(st)
             if st.sip_address is None:
                 raise StartError("livekit-sip is not running: the load test calls over SIP")
@@ -221,7 +226,7 @@ def _run_config(opts: LoadtestOptions, label: str, config: Path, work: Path) -> 
                 flush=True,
             )
             run.calls = asyncio.run(
-                _calls(opts, script, st.sip_address, tel.trunks[0].numbers[0], work)
+                place_calls(opts, script, st.sip_address, tel.trunks[0].numbers[0], work)
             )
             run.server_means_s = asyncio.run(server_means(inference_url(st.rendered)))
     except (StartError, ProvisionError) as err:

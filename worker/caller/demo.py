@@ -153,7 +153,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from worker.config.agent import load_agent_config
     from worker.config.loader import ConfigError
     from worker.stack.loopback import loopback_stack
-    from worker.stack.plan import tool_path
+    from worker.stack.plan import SIP_COMPONENTS, tool_path
     from worker.stack.render import project_root
     from worker.stack.supervisor import StartError
     from worker.telephony.provision import ProvisionError, provision_loopback
@@ -172,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> int:
     elif not sip_bin.exists():
         _say(f"demo: the SIP call needs {sip_bin}, which is missing: run scripts/setup.sh")
         return 2
-    components = ("redis", "livekit", "sip") if transport == "sip" else ("redis", "livekit")
+    components = SIP_COMPONENTS if transport == "sip" else ("redis", "livekit")
     questions = DEFAULT_QUESTIONS[: args.questions]
     _say(f"demo: run directory {run_dir}; transport {transport}; starting the stack ...")
     env = {k: v for k, v in os.environ.items() if k.startswith(("PBX_", "LIVEKIT_LOG"))}

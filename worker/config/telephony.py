@@ -38,12 +38,16 @@ class _Strict(BaseModel):
 
 
 def _check_address(value: str) -> str:
-    """An IP address or CIDR network; anything else (a hostname) is refused."""
+    """An IP address or CIDR network, always written as a network (``203.0.113.5/32``);
+    anything else (a hostname) is refused. LiveKit matches an entry against the packet source
+    *or*, by plain string equality, against the caller-controlled From host: a bare address
+    would let anyone who writes it in From match the trunk; a CIDR string never equals a host."""
     text = value.strip()
     try:
         if "/" in text:
             return str(ipaddress.ip_network(text, strict=False))
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
+        return f"{ip}/{ip.max_prefixlen}"
     except ValueError:
         raise ValueError(
             f"{value!r} is not an IP address or CIDR network; hostnames are not allowed in "
@@ -213,6 +217,41 @@ class OutboundTrunkConfig(_Strict):
         return any(number.startswith(p) for p in self.destinations)
 
 
+class SipEdgeConfig(_Strict):
+    """The SIP edge (Kamailio, ``sip-edge.cfg``) in front of livekit-sip: it drops requests from
+    sources no trunk allows before parsing them, rate-limits each source and drops oversize
+    datagrams, so a flood costs livekit-sip and LiveKit nothing (docs/security.md)."""
+
+    enabled: bool = True
+    max_requests_per_source: int = Field(
+        30,
+        ge=5,
+        le=100_000,
+        description="new requests one source address may send per window_s before it is blocked",
+    )
+    window_s: int = Field(2, ge=1, le=60)
+    max_message_bytes: int = Field(8192, ge=2048, le=65_535)
+    forwards_from: str = Field(
+        "127.0.0.1/32",
+        description=(
+            "the address livekit-sip sees the edge's requests come from (the edge runs on the "
+            "same host and forwards over loopback): inbound trunks are provisioned with it, "
+            "while the trunks' own allowed_addresses are what the edge admits"
+        ),
+    )
+
+    @field_validator("forwards_from")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"sip_edge.forwards_from: {value!r} is not an IP address or CIDR"
+            ) from None
+        return value
+
+
 class TelephonyConfig(_Strict):
     """The whole telephony config file."""
 
@@ -220,6 +259,14 @@ class TelephonyConfig(_Strict):
     trunks: list[InboundTrunkConfig] = Field(min_length=1)
     dispatch_rules: list[DispatchRuleConfig] = Field(min_length=1)
     outbound_trunks: list[OutboundTrunkConfig] = Field(default_factory=list)
+    sip_edge: SipEdgeConfig = Field(default_factory=SipEdgeConfig)
+
+    def edge_allowed_sources(self) -> list[str]:
+        """What the edge admits: every inbound trunk's allowed_addresses; a trunk without any
+        (digest auth only) admits every address, rate-limited."""
+        if any(not t.allowed_addresses for t in self.trunks):
+            return ["0.0.0.0/0", "::/0"]
+        return sorted({a for t in self.trunks for a in t.allowed_addresses})
 
     @model_validator(mode="after")
     def _consistent(self) -> TelephonyConfig:

@@ -59,7 +59,19 @@ class LoopbackStack:
 
     @property
     def sip_address(self) -> tuple[str, int] | None:
-        """Where to send INVITEs, or None when livekit-sip is not part of this stack."""
+        """Where to send INVITEs (the SIP edge when it runs, else livekit-sip itself), or None
+        when livekit-sip is not part of this stack."""
+        if "sip" not in self.components:
+            return None
+        return (
+            self.rendered.sip_edge_address
+            if "sip-edge" in self.components
+            else (self.rendered.sip_address)
+        )
+
+    @property
+    def livekit_sip_address(self) -> tuple[str, int] | None:
+        """livekit-sip's own SIP address (behind the edge), or None without livekit-sip."""
         return self.rendered.sip_address if "sip" in self.components else None
 
     @property

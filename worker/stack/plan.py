@@ -8,22 +8,27 @@ component names into ordered :class:`ProcessSpec` objects. Components beyond the
 
 from __future__ import annotations
 
+import ipaddress
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.config.telephony import load_telephony
 from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
 from worker.stack.render import RenderedStack, RunFiles, project_root
 
 __all__ = [
     "COMPONENT_BUILDERS",
     "CORE_COMPONENTS",
+    "SIP_COMPONENTS",
     "SIP_UNAVAILABLE",
     "PlanContext",
     "PlanError",
     "build_plan",
+    "sip_edge_defines",
     "tool_path",
     "voicestack_argv",
 ]
@@ -136,6 +141,61 @@ def _sip(ctx: PlanContext) -> ProcessSpec:
     )
 
 
+def _host_cidr(host: str) -> str:
+    ip = ipaddress.ip_address(host)
+    return f"{host}/{ip.max_prefixlen}"
+
+
+def sip_edge_defines(stack: RenderedStack) -> dict[str, str]:
+    """The ``-A NAME=value`` settings of ``sip-edge.cfg`` for this stack: where it listens,
+    livekit-sip as its upstream, the trunks' sources it admits and the limits of
+    ``config/telephony.yaml``'s ``sip_edge`` (string values keep kamailio's double quotes)."""
+    tel = load_telephony(stack.telephony_path, stack.env)
+    host, port = stack.sip_edge_address
+    up_host, up_port = str(stack.sip.get("listen_ip") or "127.0.0.1"), stack.sip_address[1]
+    if up_host in {"0.0.0.0", "::"}:
+        up_host = "127.0.0.1"  # the edge reaches a wildcard listener over loopback
+    upstream = f"[{up_host}]:{up_port}" if ":" in up_host else f"{up_host}:{up_port}"
+    settings = tel.sip_edge
+    return {
+        "LISTEN_ADDR": f"[{host}]" if ":" in host else host,
+        "LISTEN_PORT": str(port),
+        "UPSTREAM": f'"{upstream}"',
+        "UPSTREAM_NETS": f'"{_host_cidr(up_host)}"',
+        "ALLOW_NETS": '"' + ",".join(tel.edge_allowed_sources()) + '"',
+        "PIKE_DENSITY": str(settings.max_requests_per_source),
+        "PIKE_SAMPLING": str(settings.window_s),
+        "MAX_MSG_LEN": str(settings.max_message_bytes),
+    }
+
+
+def _sip_edge(ctx: PlanContext) -> ProcessSpec:
+    """Kamailio with ``sip-edge.cfg``: the only SIP listener callers reach; it forwards to
+    livekit-sip what the trunks allow (docs/security.md)."""
+    stack = ctx.stack
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    if not Path(binary).exists():
+        raise PlanError(
+            "kamailio (the SIP edge) is not installed: scripts/setup.sh installs the Debian "
+            "package; start without it with --components redis,livekit,sip"
+        )
+    host, port = stack.sip_edge_address
+    runtime = ctx.run_dir / "sip-edge"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    argv = [binary, "-f", str(stack.root / "sip-edge.cfg"), "-DD", "-E", "-m", "32", "-M", "4"]
+    argv += ["-Y", str(runtime), "-P", str(runtime / "kamailio.pid")]
+    for name, value in sip_edge_defines(stack).items():
+        argv += ["-A", f"{name}={value}"]
+    check_host = "127.0.0.1" if host == "0.0.0.0" else host
+    return ProcessSpec(
+        name="sip-edge",
+        argv=tuple(argv),
+        health=HealthCheck("tcp", check_host, port),
+        start_timeout_s=15,
+        ports=(PortSpec(host, port, "udp"), PortSpec(host, port, "tcp")),
+    )
+
+
 # name -> builder. Order of this mapping is the start order; shutdown is the reverse. To add a
 # component (e.g. the inference server, then the agent), register it at import time of your
 # module:  COMPONENT_BUILDERS["inference"] = build_inference_spec  (a PlanContext -> ProcessSpec
@@ -144,8 +204,11 @@ COMPONENT_BUILDERS: dict[str, Callable[[PlanContext], ProcessSpec]] = {
     "redis": _redis,
     "livekit": _livekit,
     "sip": _sip,
+    "sip-edge": _sip_edge,
 }
-CORE_COMPONENTS: tuple[str, ...] = ("redis", "livekit", "sip")
+CORE_COMPONENTS: tuple[str, ...] = ("redis", "livekit", "sip", "sip-edge")
+SIP_COMPONENTS = CORE_COMPONENTS
+"""What a SIP call needs: LiveKit, livekit-sip and the edge callers reach it through."""
 
 
 def build_plan(

@@ -84,6 +84,8 @@ def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
         "SIP_NAT_IP": host,
         "SIP_PORT": str(free_port(host, "udp")),
         "SIP_HEALTH_PORT": str(free_port(host)),
+        "SIP_EDGE_LISTEN_IP": host,
+        "SIP_EDGE_PORT": str(free_port(host, "udp")),
         "SIP_RTP_PORT_RANGE": f"{rtp_start}-{rtp_end}",
     }
 
@@ -164,6 +166,13 @@ class RenderedStack:
         """Where callers send INVITEs (the announced address and SIP port)."""
         host = self.sip.get("nat_1_to_1_ip") or self.sip.get("listen_ip") or "127.0.0.1"
         return str(host), int(self.sip.get("sip_port") or 5060)
+
+    @property
+    def sip_edge_address(self) -> tuple[str, int]:
+        """Where the SIP edge listens (``SIP_EDGE_LISTEN_IP``, default every interface, and
+        ``SIP_EDGE_PORT``, default 5060): with the edge, this is where callers send INVITEs."""
+        host = self.env.get("SIP_EDGE_LISTEN_IP") or "0.0.0.0"
+        return host, int(self.env.get("SIP_EDGE_PORT") or 5060)
 
     @property
     def sip_health_port(self) -> int:

@@ -22,6 +22,7 @@ from worker.config.telephony import (
     DispatchRuleConfig,
     InboundTrunkConfig,
     OutboundTrunkConfig,
+    SipEdgeConfig,
     TelephonyConfig,
     load_telephony,
 )
@@ -80,12 +81,17 @@ def _duration(seconds: float) -> Duration:
     return Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
 
 
-def desired_trunk(cfg: InboundTrunkConfig) -> api.SIPInboundTrunkInfo:
-    """The LiveKit inbound trunk our config asks for (without ID)."""
+def desired_trunk(
+    cfg: InboundTrunkConfig, edge: SipEdgeConfig | None = None
+) -> api.SIPInboundTrunkInfo:
+    """The LiveKit inbound trunk our config asks for (without ID). Behind an enabled SIP edge
+    livekit-sip sees every call come from the edge (``edge.forwards_from``), and the trunk's own
+    addresses are enforced by the edge on the real packet source."""
+    addresses = [edge.forwards_from] if edge is not None and edge.enabled else cfg.allowed_addresses
     return api.SIPInboundTrunkInfo(
         name=cfg.name,
         numbers=list(cfg.numbers),
-        allowed_addresses=list(cfg.allowed_addresses),
+        allowed_addresses=list(addresses),
         allowed_numbers=list(cfg.allowed_numbers),
         auth_username=cfg.auth_username or "",
         auth_password=cfg.auth_password or "",
@@ -235,7 +241,7 @@ async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResu
     result.trunk_ids = await _reconcile_all(
         "trunk",
         (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items,
-        [(t.name, desired_trunk(t)) for t in cfg.trunks],
+        [(t.name, desired_trunk(t, cfg.sip_edge)) for t in cfg.trunks],
         _TRUNK_FIELDS,
         ident=lambda trunk: trunk.sip_trunk_id,
         create=lambda want: lk.sip.create_inbound_trunk(
