@@ -1,7 +1,7 @@
-"""Hostile SIP against the real livekit-sip while a real call is live: RFC 4475-style torture
-messages and a seeded fuzz of INVITE headers and SDP over UDP, oversize and half-sent messages
-over TCP. livekit-sip must neither crash nor restart, and the live call must go on (its keypad
-menu still answers, the caller hears the branch)."""
+"""Hostile SIP against the SIP edge and the real livekit-sip behind it while a real call is live:
+RFC 4475-style torture messages and a seeded fuzz of INVITE headers and SDP over UDP, oversize
+and half-sent messages over TCP, sent to each. Neither may crash or restart, and the live call
+must go on (its keypad menu still answers, the caller hears the branch)."""
 
 from __future__ import annotations
 
@@ -62,14 +62,21 @@ def test_hostile_sip_neither_crashes_livekit_sip_nor_disturbs_a_live_call(
 ) -> None:
     sip = _sip_process(line_stack)
     born = sip.create_time()
-    host, port = line_stack.sip_address
+    # Both SIP listeners: the edge callers reach, and livekit-sip itself behind it (whatever
+    # an allowed source sends reaches it).
+    targets = [line_stack.sip_address, line_stack.livekit.livekit_sip_address]
+    edge = line_stack.livekit.supervisor.child("sip-edge")
 
     async def run() -> dict[str, int]:
         async with calling(line_stack, SUPPORT, tmp_path, total_s=120.0) as call:
             phone = call.phone
             start = await speech_after(phone, 0.0, 20)
             await quiet_after(phone, start, 1.5, 30)  # greeting and menu prompt done
-            sent = await asyncio.to_thread(_blast, host, port)
+            sent: dict[str, int] = {}
+            for target in targets:
+                assert target is not None
+                for kind, count in (await asyncio.to_thread(_blast, *target)).items():
+                    sent[kind] = sent.get(kind, 0) + count
             await asyncio.sleep(1.0)
             assert "CALL_CLOSED" not in phone.types(), phone.types()
             pressed_at = len(phone.heard()) / SIP_SAMPLE_RATE
@@ -82,6 +89,8 @@ def test_hostile_sip_neither_crashes_livekit_sip_nor_disturbs_a_live_call(
         return sent
 
     sent = asyncio.run(run())
-    assert sent["udp_torture"] >= 25 and sent["udp_fuzz"] == FUZZ_COUNT and sent["tcp"] == 3
+    assert sent["udp_torture"] >= 50 and sent["udp_fuzz"] == 2 * FUZZ_COUNT and sent["tcp"] == 6
+    after = line_stack.livekit.supervisor.child("sip-edge")
+    assert after.pid == edge.pid and after.restarts == 0, "the SIP edge crashed or restarted"
     assert sip.is_running() and sip.create_time() == born, "livekit-sip crashed or restarted"
     assert sip.status() != psutil.STATUS_ZOMBIE
