@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"render: wrote {files.livekit_config} and {files.sip_config}")
     # The SIP edge's settings (docker/sip-edge.Dockerfile passes each line as -A NAME=value).
     try:
-        edge_on = load_telephony(stack.telephony_path, os.environ).sip_edge.enabled
-        defines = sip_edge_defines(stack) if edge_on else {}
+        tel = load_telephony(stack.telephony_path, os.environ)
+        edge_on = tel.sip_edge.enabled
+        defines = sip_edge_defines(stack, tel) if edge_on else {}
     except ConfigError as err:
         print(f"render: {err}", file=sys.stderr)
         return 2

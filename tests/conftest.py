@@ -12,7 +12,6 @@ run (a skip there hides a broken setup). Anything else that misses a binary or m
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from worker.config.telephony import TelephonyConfig
 from worker.process_exit import exit_process, rtc_runtime_live
 from worker.stack.loopback import LoopbackStack, loopback_stack
-from worker.stack.plan import SIP_COMPONENTS, SIP_UNAVAILABLE, tool_path
+from worker.stack.plan import SIP_COMPONENTS, SIP_UNAVAILABLE, edge_binary, tool_path
 from worker.telephony.provision import ProvisionResult, provision_loopback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,8 +30,7 @@ SIP_BINARY = tool_path("livekit-sip")
 
 def sip_available() -> bool:
     """True when the project-local livekit-sip binary and the SIP edge (kamailio) exist."""
-    edge = shutil.which("kamailio") or "/usr/sbin/kamailio"
-    return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK) and os.path.exists(edge)
+    return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK) and edge_binary().exists()
 
 
 def in_ci() -> bool:

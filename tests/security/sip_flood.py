@@ -6,35 +6,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Flood", "invite"]
+from sip_messages import invite
 
-
-def invite(source: tuple[str, int], target: tuple[str, int], number: str) -> bytes:
-    """One INVITE with an SDP offer, as a PBX would send it, from ``source``."""
-    tag = uuid.uuid4().hex
-    src = f"{source[0]}:{source[1]}"
-    body = (
-        f"v=0\r\no=- 1 1 IN IP4 {source[0]}\r\ns=-\r\nc=IN IP4 {source[0]}\r\nt=0 0\r\n"
-        "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
-        "a=rtpmap:101 telephone-event/8000\r\n"
-    )
-    host = f"{target[0]}:{target[1]}"
-    return (
-        f"INVITE sip:{number}@{host} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {src};branch=z9hG4bK{tag[:16]}\r\n"
-        "Max-Forwards: 70\r\n"
-        f"From: <sip:flood@{source[0]}>;tag={tag[16:24]}\r\n"
-        f"To: <sip:{number}@{target[0]}>\r\n"
-        f"Call-ID: {tag}@{source[0]}\r\n"
-        "CSeq: 1 INVITE\r\n"
-        f"Contact: <sip:flood@{src}>\r\n"
-        "Content-Type: application/sdp\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n{body}"
-    ).encode()
+__all__ = ["Flood"]
 
 
 @dataclass
@@ -70,7 +47,8 @@ class Flood:
             source = sock.getsockname()
             started = time.monotonic()
             while not self._stop.is_set():
-                sock.sendto(invite(source, self.target, self.number), self.target)
+                message = invite(*self.target, self.number, source=source, user="flood")
+                sock.sendto(message.encode(), self.target)
                 self.sent += 1
                 self._drain(sock)
                 delay = started + self.sent / self.rate_per_s - time.monotonic()

@@ -9,7 +9,9 @@ as a valid INVITE is refused by livekit-sip's trunk matching and never becomes a
 from __future__ import annotations
 
 import random
-import uuid
+
+from sip_messages import invite
+from sip_messages import sdp as sip_sdp
 
 __all__ = ["fuzzed_invites", "torture_messages"]
 
@@ -17,35 +19,7 @@ TARGET = "+19990000000"
 
 
 def _invite(host: str, port: int, *, call_id: str | None = None, sdp: str | None = None) -> str:
-    call_id = call_id or uuid.uuid4().hex
-    body = sdp if sdp is not None else _sdp()
-    return (
-        f"INVITE sip:{TARGET}@{host}:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{call_id[:12]}\r\n"
-        "Max-Forwards: 70\r\n"
-        f"To: <sip:{TARGET}@{host}>\r\n"
-        f'From: "Torture" <sip:torture@127.0.0.1>;tag={call_id[:8]}\r\n'
-        f"Call-ID: {call_id}@127.0.0.1\r\n"
-        "CSeq: 1 INVITE\r\n"
-        "Contact: <sip:torture@127.0.0.1:5999>\r\n"
-        "Content-Type: application/sdp\r\n"
-        f"Content-Length: {len(body.encode())}\r\n"
-        "\r\n"
-        f"{body}"
-    )
-
-
-def _sdp() -> str:
-    return (
-        "v=0\r\n"
-        "o=- 1 1 IN IP4 127.0.0.1\r\n"
-        "s=-\r\n"
-        "c=IN IP4 127.0.0.1\r\n"
-        "t=0 0\r\n"
-        "m=audio 5998 RTP/AVP 0 101\r\n"
-        "a=rtpmap:0 PCMU/8000\r\n"
-        "a=rtpmap:101 telephone-event/8000\r\n"
-    )
+    return invite(host, port, TARGET, call_id=call_id, body=sdp)
 
 
 def torture_messages(host: str, port: int) -> dict[str, bytes]:
@@ -113,7 +87,7 @@ def torture_messages(host: str, port: int) -> dict[str, bytes]:
         "sdp_many_codecs": _invite(
             host,
             port,
-            sdp=_sdp().replace("RTP/AVP 0 101", "RTP/AVP " + " ".join(map(str, range(128)))),
+            sdp=sip_sdp().replace("RTP/AVP 0 101", "RTP/AVP " + " ".join(map(str, range(128)))),
         ).encode(),
         "empty": b"",
         "crlf_keepalive": b"\r\n\r\n",

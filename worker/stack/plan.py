@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.config.telephony import load_telephony
+from worker.config.telephony import TelephonyConfig, load_telephony
 from worker.stack.process import HealthCheck, PortSpec, ProcessSpec
 from worker.stack.render import RenderedStack, RunFiles, project_root
 
@@ -28,6 +28,7 @@ __all__ = [
     "PlanContext",
     "PlanError",
     "build_plan",
+    "edge_binary",
     "sip_edge_defines",
     "tool_path",
     "voicestack_argv",
@@ -146,11 +147,15 @@ def _host_cidr(host: str) -> str:
     return f"{host}/{ip.max_prefixlen}"
 
 
-def sip_edge_defines(stack: RenderedStack) -> dict[str, str]:
+def edge_binary() -> Path:
+    """Debian's kamailio (``/usr/sbin`` may be missing from a user's PATH)."""
+    return Path(shutil.which("kamailio") or "/usr/sbin/kamailio")
+
+
+def sip_edge_defines(stack: RenderedStack, tel: TelephonyConfig) -> dict[str, str]:
     """The ``-A NAME=value`` settings of ``sip-edge.cfg`` for this stack: where it listens,
     livekit-sip as its upstream, the trunks' sources it admits and the limits of
-    ``config/telephony.yaml``'s ``sip_edge`` (string values keep kamailio's double quotes)."""
-    tel = load_telephony(stack.telephony_path, stack.env)
+    ``tel.sip_edge`` (string values keep kamailio's double quotes)."""
     host, port = stack.sip_edge_address
     up_host, up_port = str(stack.sip.get("listen_ip") or "127.0.0.1"), stack.sip_address[1]
     if up_host in {"0.0.0.0", "::"}:
@@ -173,8 +178,8 @@ def _sip_edge(ctx: PlanContext) -> ProcessSpec:
     """Kamailio with ``sip-edge.cfg``: the only SIP listener callers reach; it forwards to
     livekit-sip what the trunks allow (docs/security.md)."""
     stack = ctx.stack
-    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
-    if not Path(binary).exists():
+    binary = edge_binary()
+    if not binary.exists():
         raise PlanError(
             "kamailio (the SIP edge) is not installed: scripts/setup.sh installs the Debian "
             "package; start without it with --components redis,livekit,sip"
@@ -182,9 +187,10 @@ def _sip_edge(ctx: PlanContext) -> ProcessSpec:
     host, port = stack.sip_edge_address
     runtime = ctx.run_dir / "sip-edge"
     runtime.mkdir(mode=0o700, exist_ok=True)
-    argv = [binary, "-f", str(stack.root / "sip-edge.cfg"), "-DD", "-E", "-m", "32", "-M", "4"]
+    argv = [str(binary), "-f", str(stack.root / "sip-edge.cfg"), "-DD", "-E", "-m", "32", "-M", "4"]
     argv += ["-Y", str(runtime), "-P", str(runtime / "kamailio.pid")]
-    for name, value in sip_edge_defines(stack).items():
+    tel = load_telephony(stack.telephony_path, stack.env)
+    for name, value in sip_edge_defines(stack, tel).items():
         argv += ["-A", f"{name}={value}"]
     check_host = "127.0.0.1" if host == "0.0.0.0" else host
     return ProcessSpec(
