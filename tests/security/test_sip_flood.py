@@ -2,8 +2,15 @@
 a source no trunk allows, for the whole time the calls run (the calls' own INVITEs go out under
 it). The SIP edge must drop the flood before parsing it (no reply; livekit-sip never sees it),
 every live call must be answered and every turn answered, nothing may crash or restart, and the
-callers' voice-to-voice p95 must stay within +20% of the same calls without the flood (quiet and
-flood phases alternate, after a warm-up call, so the noisy box hits both alike).
+callers' voice-to-voice p95 must stay within +20% of the same calls without the flood.
+
+Design against noise. On two cores three calls keep the inference server near saturation, where
+the latency of a whole phase swings with how the calls' turns happen to collide: a CI run of the
+first design (quiet / flood / quiet / flood, 9 answers per phase) saw its two quiet phases differ
+x1.56 by themselves, and the first phase after the warm-up was the slowest in every run. So: a
+warm-up phase identical to the measured ones (not counted), then quiet / flood / flood / quiet
+twice (drift hits both kinds alike), and the criterion is on the typical phase, the median over
+each kind's four phase p95s, which one unlucky phase cannot move. The pooled p95 is printed too.
 
 Without the edge (livekit-sip alone, 2026-12-05): livekit-sip answered every flood INVITE with
 100 and 180, asked livekit-server about each, and the live calls' p95 went from 1771 to 4115 ms
@@ -42,8 +49,8 @@ FLOOD_SOURCE = "127.0.0.2"  # loopback, but not the trunk's allowed 127.0.0.1/32
 TURNS = (
     CallerTurn(("Hello, do you deliver on weekends?",), wait_s=10.0),
     CallerTurn(("What payment methods do you accept?",), wait_s=10.0),
-    CallerTurn(("Where is your nearest store?",), wait_s=10.0),
 )
+PHASES = ("quiet", "flood", "flood", "quiet") * 2
 MAX_SLOWDOWN = 1.20
 
 
@@ -90,16 +97,13 @@ def test_invite_flood_leaves_live_calls_alone(tmp_path: Path) -> None:
         script = build_turn_script(
             tmp_path / "script", TURNS, sample_rate=SIP_SAMPLE_RATE, greeting_wait_s=8.0
         )
-        warmup = build_turn_script(
-            tmp_path / "warmup", TURNS[:1], sample_rate=SIP_SAMPLE_RATE, greeting_wait_s=8.0
-        )
         opts = LoadtestOptions(calls=CALLS, stagger_s=2.0)
         before = {s.name: s.pid for s in st.supervisor.status()}
-        asyncio.run(place_calls(LoadtestOptions(calls=1), warmup, target, number, tmp_path / "w"))
+        asyncio.run(place_calls(opts, script, target, number, tmp_path / "w"))
         phases: list[tuple[str, list[float]]] = []
         floods: list[Flood] = []
         cpu = {"sip-edge": 0.0, "sip": 0.0, "livekit": 0.0}
-        for i, phase in enumerate(("quiet", "flood", "quiet", "flood")):
+        for i, phase in enumerate(PHASES):
             flood = Flood(FLOOD_SOURCE, target, number, RATE_PER_S)
             if phase == "flood":
                 used = {name: _cpu_s(before[name]) for name in cpu}
@@ -124,14 +128,17 @@ def test_invite_flood_leaves_live_calls_alone(tmp_path: Path) -> None:
     }
     pooled = {kind: [x for k, v in phases if k == kind for x in v] for kind in p95}
     quiet, flooded = (float(np.percentile(pooled[k], 95)) for k in ("quiet", "flood"))
+    typical = {kind: float(np.median(v)) for kind, v in p95.items()}
     print(
         f"flood: {sent} INVITEs from {FLOOD_SOURCE} in {seconds:.0f} s ({sent / seconds:.0f}/s), "
         f"replies {dict(replies)}; CPU during the flood phases: "
         + ", ".join(f"{k} {v / seconds * 100:.1f}%" for k, v in cpu.items())
-        + f"; {CALLS} live calls per phase, voice-to-voice p95 quiet {quiet * 1000:.0f} ms, "
-        f"under flood {flooded * 1000:.0f} ms (x{flooded / quiet:.2f}; per phase quiet "
+        + f"; {CALLS} live calls per phase, voice-to-voice p95 (median over phases) quiet "
+        f"{typical['quiet'] * 1000:.0f} ms, under flood {typical['flood'] * 1000:.0f} ms "
+        f"(x{typical['flood'] / typical['quiet']:.2f}; per phase quiet "
         f"{[round(x * 1000) for x in p95['quiet']]}, "
-        f"flood {[round(x * 1000) for x in p95['flood']]} ms); "
+        f"flood {[round(x * 1000) for x in p95['flood']]} ms); pooled p95 "
+        f"{quiet * 1000:.0f} / {flooded * 1000:.0f} ms (x{flooded / quiet:.2f}); "
         f"p50 {np.percentile(pooled['quiet'], 50) * 1000:.0f} / "
         f"{np.percentile(pooled['flood'], 50) * 1000:.0f} ms"
     )
@@ -139,4 +146,4 @@ def test_invite_flood_leaves_live_calls_alone(tmp_path: Path) -> None:
     # The edge drops the flood before parsing it: no reply, and livekit-sip never sees it.
     assert not replies, replies
     assert f'"fromIP": "{FLOOD_SOURCE}"' not in sip_log
-    assert flooded <= MAX_SLOWDOWN * quiet, p95
+    assert typical["flood"] <= MAX_SLOWDOWN * typical["quiet"], p95

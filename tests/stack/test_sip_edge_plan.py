@@ -1,23 +1,28 @@
-"""The SIP edge's process spec: what it admits comes from the trunks, where it forwards from
-livekit-sip's rendered address, and the real kamailio accepts the shipped config with them."""
+"""The SIP edge's and the media relay's process specs: what the edge admits comes from the
+trunks, where it forwards from livekit-sip's rendered address, the real kamailio accepts the
+shipped config with them, and the real rtpengine starts from its spec and answers the probe."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from worker.config.loader import ConfigError
 from worker.config.stack import Profile
 from worker.config.telephony import SipEdgeConfig, TelephonyConfig
 from worker.stack.plan import build_plan
+from worker.stack.ports import free_port
+from worker.stack.process import HealthCheck, probe
 from worker.stack.render import render_stack, write_run_files
 from worker.telephony.provision import desired_trunk
 
 
 def _defines(argv: tuple[str, ...]) -> dict[str, str]:
     pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "-A"]
-    return dict(p.split("=", 1) for p in pairs)
+    return {name: value for name, _, value in (p.partition("=") for p in pairs)}
 
 
 def test_edge_admits_the_trunks_sources_and_forwards_to_livekit_sip(tmp_path: Path) -> None:
@@ -30,6 +35,10 @@ def test_edge_admits_the_trunks_sources_and_forwards_to_livekit_sip(tmp_path: Pa
     assert defines["ALLOW_NETS"] == '"127.0.0.1/32"'  # the loopback PBX_ADDRESS
     assert defines["LISTEN_PORT"] == str(stack.sip_edge_address[1])
     assert defines["PIKE_DENSITY"] == "30" and defines["MAX_MSG_LEN"] == "8192"
+    # media_relay (on in the shipped telephony.yaml): the relay routes and its control socket
+    assert defines["WITH_MEDIA_RELAY"] == ""
+    ng_host, ng_port = stack.rtp_relay_control
+    assert defines["RTPENGINE_SOCK"] == f'"udp:{ng_host}:{ng_port}"'
     assert spec.health is not None and spec.health.port == stack.sip_edge_address[1]
     # The real binary parses the shipped config with exactly these values.
     check = subprocess.run(
@@ -72,3 +81,47 @@ def test_edge_settings_are_checked() -> None:
         SipEdgeConfig(forwards_from="edge.local")
     with pytest.raises(ValueError):
         SipEdgeConfig(max_message_bytes=100)
+
+
+def test_the_relay_starts_from_its_spec_and_answers_the_ng_ping(tmp_path: Path) -> None:
+    stack = render_stack(Profile.LOOPBACK, {})
+    files = write_run_files(stack, tmp_path / "run")
+    (spec,) = build_plan(stack, files, ("rtp-relay",))
+    low, high = stack.rtp_relay_ports
+    assert f"--port-min={low}" in spec.argv and f"--port-max={high}" in spec.argv
+    assert f"--interface={stack.rtp_relay_ip}" in spec.argv and "--table=-1" in spec.argv
+    assert spec.health is not None and spec.health.kind == "rtpengine"
+    proc = subprocess.Popen(spec.argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+
+        async def ready() -> bool:
+            assert spec.health is not None
+            for _ in range(50):
+                if await probe(spec.health, limit_s=0.5):
+                    return True
+            return False
+
+        assert asyncio.run(ready()), "rtpengine never answered the ng ping"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    # Nothing listening: the probe says so within its limit instead of raising.
+    closed = HealthCheck("rtpengine", "127.0.0.1", free_port("127.0.0.1", "udp"))
+    assert asyncio.run(probe(closed, limit_s=0.5)) is False
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RTP_RELAY_IP": "0.0.0.0"}, "wildcard"),
+        ({"RTP_RELAY_IP": "pbx.local"}, "not an IP address"),
+        ({"RTP_RELAY_IP": "10.0.0.10", "RTP_RELAY_PORT_RANGE": "30000"}, "LOW-HIGH"),
+        ({"RTP_RELAY_IP": "10.0.0.10", "RTP_RELAY_PORT_RANGE": "30000-30001"}, "at least 4"),
+        ({"RTP_RELAY_IP": "10.0.0.10", "RTP_RELAY_NG_PORT": "70000"}, "not a port"),
+    ],
+)
+def test_relay_settings_are_checked(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    stack = render_stack(Profile.LOOPBACK, {})
+    stack.env.update(env)
+    with pytest.raises(ConfigError, match=message):
+        _ = stack.rtp_relay_ip, stack.rtp_relay_ports, stack.rtp_relay_control

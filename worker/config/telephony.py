@@ -231,6 +231,14 @@ class SipEdgeConfig(_Strict):
     )
     window_s: int = Field(2, ge=1, le=60)
     max_message_bytes: int = Field(8192, ge=2048, le=65_535)
+    media_relay: bool = Field(
+        True,
+        description=(
+            "relay each inbound call's RTP through rtpengine, pinned to the address and port the "
+            "caller's side announced (strict source): RTP from any other source is dropped "
+            "instead of played into the call (livekit-sip plays whatever reaches its port)"
+        ),
+    )
     forwards_from: str = Field(
         "127.0.0.1/32",
         description=(

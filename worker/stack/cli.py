@@ -122,9 +122,13 @@ def _up(args: argparse.Namespace) -> int:
     # Resolved now, not at parser build time: other modules may register components later.
     chosen = args.components or ",".join(COMPONENT_BUILDERS)
     components = [c.strip() for c in chosen.split(",") if c.strip()]
-    edge_off = report.telephony is not None and not report.telephony.sip_edge.enabled
-    if edge_off and not args.components and "sip-edge" in components:
-        components.remove("sip-edge")  # config/telephony.yaml: sip_edge.enabled false
+    edge = report.telephony.sip_edge if report.telephony is not None else None
+    if edge is not None and not args.components:
+        # config/telephony.yaml: sip_edge.enabled / media_relay false leave those out
+        if not edge.enabled:
+            components = [c for c in components if c not in ("sip-edge", "rtp-relay")]
+        elif not edge.media_relay:
+            components = [c for c in components if c != "rtp-relay"]
     run_dir: Path = args.run_dir or (
         project_root() / ".run" / f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     )

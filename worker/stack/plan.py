@@ -29,6 +29,8 @@ __all__ = [
     "PlanError",
     "build_plan",
     "edge_binary",
+    "relay_binary",
+    "rtp_relay_argv",
     "sip_edge_defines",
     "tool_path",
     "voicestack_argv",
@@ -152,17 +154,45 @@ def edge_binary() -> Path:
     return Path(shutil.which("kamailio") or "/usr/sbin/kamailio")
 
 
+def relay_binary() -> Path:
+    """Debian's rtpengine (``rtpengine-daemon``), the media relay."""
+    return Path(shutil.which("rtpengine") or "/usr/bin/rtpengine")
+
+
+def rtp_relay_argv(stack: RenderedStack, pidfile: Path) -> list[str]:
+    """rtpengine in the foreground, in userspace (no kernel module, no root), with no config
+    file (it would otherwise read /etc/rtpengine and open its CLI and HTTP ports): media on
+    ``stack.rtp_relay_ip`` within ``stack.rtp_relay_ports``, controlled over loopback only."""
+    low, high = stack.rtp_relay_ports
+    ng_host, ng_port = stack.rtp_relay_control
+    return [
+        str(relay_binary()),
+        "--config-file=none",
+        "--foreground",
+        "--log-stderr",
+        "--log-level=4",  # warnings and errors; 6 logs every call's setup
+        "--table=-1",  # userspace forwarding: no kernel module or iptables rule
+        f"--interface={stack.rtp_relay_ip}",
+        f"--listen-ng={ng_host}:{ng_port}",
+        f"--port-min={low}",
+        f"--port-max={high}",
+        "--num-threads=2",
+        f"--pidfile={pidfile}",
+    ]
+
+
 def sip_edge_defines(stack: RenderedStack, tel: TelephonyConfig) -> dict[str, str]:
     """The ``-A NAME=value`` settings of ``sip-edge.cfg`` for this stack: where it listens,
-    livekit-sip as its upstream, the trunks' sources it admits and the limits of
-    ``tel.sip_edge`` (string values keep kamailio's double quotes)."""
+    livekit-sip as its upstream, the trunks' sources it admits, the limits of ``tel.sip_edge``
+    and, with ``media_relay``, the relay's control socket (string values keep kamailio's double
+    quotes; ``WITH_MEDIA_RELAY`` has no value, it switches the relay routes on)."""
     host, port = stack.sip_edge_address
     up_host, up_port = str(stack.sip.get("listen_ip") or "127.0.0.1"), stack.sip_address[1]
     if up_host in {"0.0.0.0", "::"}:
         up_host = "127.0.0.1"  # the edge reaches a wildcard listener over loopback
     upstream = f"[{up_host}]:{up_port}" if ":" in up_host else f"{up_host}:{up_port}"
     settings = tel.sip_edge
-    return {
+    defines = {
         "LISTEN_ADDR": f"[{host}]" if ":" in host else host,
         "LISTEN_PORT": str(port),
         "UPSTREAM": f'"{upstream}"',
@@ -172,6 +202,11 @@ def sip_edge_defines(stack: RenderedStack, tel: TelephonyConfig) -> dict[str, st
         "PIKE_SAMPLING": str(settings.window_s),
         "MAX_MSG_LEN": str(settings.max_message_bytes),
     }
+    if settings.media_relay:
+        ng_host, ng_port = stack.rtp_relay_control
+        defines["WITH_MEDIA_RELAY"] = ""
+        defines["RTPENGINE_SOCK"] = f'"udp:{ng_host}:{ng_port}"'
+    return defines
 
 
 def _sip_edge(ctx: PlanContext) -> ProcessSpec:
@@ -191,7 +226,7 @@ def _sip_edge(ctx: PlanContext) -> ProcessSpec:
     argv += ["-Y", str(runtime), "-P", str(runtime / "kamailio.pid")]
     tel = load_telephony(stack.telephony_path, stack.env)
     for name, value in sip_edge_defines(stack, tel).items():
-        argv += ["-A", f"{name}={value}"]
+        argv += ["-A", f"{name}={value}" if value else name]
     check_host = "127.0.0.1" if host == "0.0.0.0" else host
     return ProcessSpec(
         name="sip-edge",
@@ -199,6 +234,29 @@ def _sip_edge(ctx: PlanContext) -> ProcessSpec:
         health=HealthCheck("tcp", check_host, port),
         start_timeout_s=15,
         ports=(PortSpec(host, port, "udp"), PortSpec(host, port, "tcp")),
+    )
+
+
+def _rtp_relay(ctx: PlanContext) -> ProcessSpec:
+    """rtpengine: every inbound call's RTP passes through it, and it drops packets from any
+    address:port but the one each side announced (the SIP edge asks it to, per call)."""
+    stack = ctx.stack
+    if not relay_binary().exists():
+        raise PlanError(
+            "rtpengine (the media relay) is not installed: scripts/setup.sh installs Debian's "
+            "rtpengine-daemon; or set sip_edge.media_relay: false in config/telephony.yaml"
+        )
+    runtime = ctx.run_dir / "rtp-relay"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    pidfile = runtime / "rtpengine.pid"
+    pidfile.unlink(missing_ok=True)  # rtpengine refuses to start over a stale pidfile
+    ng_host, ng_port = stack.rtp_relay_control
+    return ProcessSpec(
+        name="rtp-relay",
+        argv=tuple(rtp_relay_argv(stack, pidfile)),
+        health=HealthCheck("rtpengine", ng_host, ng_port),
+        start_timeout_s=15,
+        ports=(PortSpec(ng_host, ng_port, "udp"),),
     )
 
 
@@ -210,11 +268,13 @@ COMPONENT_BUILDERS: dict[str, Callable[[PlanContext], ProcessSpec]] = {
     "redis": _redis,
     "livekit": _livekit,
     "sip": _sip,
+    "rtp-relay": _rtp_relay,
     "sip-edge": _sip_edge,
 }
-CORE_COMPONENTS: tuple[str, ...] = ("redis", "livekit", "sip", "sip-edge")
+CORE_COMPONENTS: tuple[str, ...] = ("redis", "livekit", "sip", "rtp-relay", "sip-edge")
 SIP_COMPONENTS = CORE_COMPONENTS
-"""What a SIP call needs: LiveKit, livekit-sip and the edge callers reach it through."""
+"""What a SIP call needs: LiveKit, livekit-sip, and the edge (signalling) and relay (media)
+callers reach it through."""
 
 
 def build_plan(

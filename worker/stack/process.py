@@ -15,7 +15,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from worker.stack.ports import Proto, port_in_use
 
@@ -38,10 +38,11 @@ class HealthCheck:
     """How to tell that a child is ready.
 
     ``http``: ``GET path`` answers one of ``ok_statuses``; ``tcp``: a connection is accepted;
-    ``redis``: ``PING`` answers ``+PONG`` (or ``-NOAUTH``, which also proves redis is up).
+    ``redis``: ``PING`` answers ``+PONG`` (or ``-NOAUTH``, which also proves redis is up);
+    ``rtpengine``: an ng-protocol ``ping`` over UDP answers ``pong``.
     """
 
-    kind: Literal["http", "tcp", "redis"]
+    kind: Literal["http", "tcp", "redis", "rtpengine"]
     host: str
     port: int
     path: str = "/"
@@ -159,6 +160,35 @@ async def _redis_ping(host: str, port: int, limit_s: float) -> bool:
     return line.startswith((b"+PONG", b"-NOAUTH"))
 
 
+class _NgPing(asyncio.DatagramProtocol):
+    def __init__(self, cookie: bytes) -> None:
+        self.cookie = cookie
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if data.startswith(self.cookie + b" ") and not self.answer.done():
+            self.answer.set_result(data[len(self.cookie) + 1 :])
+
+
+async def _rtpengine_ping(host: str, port: int, limit_s: float) -> bool:
+    """rtpengine's control protocol: ``<cookie> <bencoded dict>`` over UDP, answered with the
+    same cookie. Retried inside the limit: UDP may drop the first datagram."""
+    cookie = os.urandom(6).hex().encode()
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: _NgPing(cookie), remote_addr=(host, port)
+    )
+    try:
+        async with asyncio.timeout(limit_s):
+            while True:
+                transport.sendto(cookie + b" d7:command4:pinge")
+                done, _ = await asyncio.wait({proto.answer}, timeout=0.25)
+                if done:
+                    return b"6:result4:pong" in proto.answer.result()
+    finally:
+        transport.close()
+
+
 async def probe(check: HealthCheck, limit_s: float = 2.0) -> bool:
     """One health probe; False (never an exception) when the child is not ready."""
     try:
@@ -167,6 +197,8 @@ async def probe(check: HealthCheck, limit_s: float = 2.0) -> bool:
             return status in check.ok_statuses
         if check.kind == "redis":
             return await _redis_ping(check.host, check.port, limit_s)
+        if check.kind == "rtpengine":
+            return await _rtpengine_ping(check.host, check.port, limit_s)
         async with asyncio.timeout(limit_s):
             _, writer = await asyncio.open_connection(check.host, check.port)
         writer.close()

@@ -9,6 +9,7 @@ applies the few overrides in :data:`LOOPBACK_OVERRIDES`, so tests run the same f
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -69,6 +70,7 @@ def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
     host = "127.0.0.1"
     http = free_port(host)
     rtp_start, rtp_end = free_udp_range(rtp_ports, host)
+    relay_start, relay_end = free_udp_range(2 * rtp_ports, host)  # 4 ports per call
     redis_port = free_port(host)
     return {
         "LIVEKIT_BIND_ADDRESS": host,
@@ -87,6 +89,9 @@ def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
         "SIP_EDGE_LISTEN_IP": host,
         "SIP_EDGE_PORT": str(free_port(host, "udp")),
         "SIP_RTP_PORT_RANGE": f"{rtp_start}-{rtp_end}",
+        "RTP_RELAY_IP": host,
+        "RTP_RELAY_PORT_RANGE": f"{relay_start}-{relay_end}",
+        "RTP_RELAY_NG_PORT": str(free_port(host, "udp")),
     }
 
 
@@ -173,6 +178,48 @@ class RenderedStack:
         ``SIP_EDGE_PORT``, default 5060): with the edge, this is where callers send INVITEs."""
         host = self.env.get("SIP_EDGE_LISTEN_IP") or "0.0.0.0"
         return host, int(self.env.get("SIP_EDGE_PORT") or 5060)
+
+    @property
+    def rtp_relay_ip(self) -> str:
+        """The address the media relay binds and writes into SDP (``RTP_RELAY_IP``, default
+        ``SIP_EDGE_LISTEN_IP``): the PBX sends RTP there, so it must be one concrete address."""
+        host = self.env.get("RTP_RELAY_IP") or self.env.get("SIP_EDGE_LISTEN_IP") or ""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"RTP_RELAY_IP: {host!r} is not an IP address; set it (or SIP_EDGE_LISTEN_IP) to "
+                "the address the PBX sends media to"
+            ) from None
+        if ip.is_unspecified:
+            raise ConfigError(
+                f"RTP_RELAY_IP: {host} is a wildcard; the relay writes its address into SDP, so "
+                "set RTP_RELAY_IP to the address the PBX sends media to"
+            )
+        return host
+
+    @property
+    def rtp_relay_ports(self) -> tuple[int, int]:
+        """The relay's UDP range (``RTP_RELAY_PORT_RANGE``, default 30000-30999; 4 per call)."""
+        text = self.env.get("RTP_RELAY_PORT_RANGE") or "30000-30999"
+        low, sep, high = text.partition("-")
+        if not sep or not low.isdigit() or not high.isdigit():
+            raise ConfigError(f"RTP_RELAY_PORT_RANGE: expected LOW-HIGH, got {text!r}")
+        first, last = int(low), int(high)
+        if not 1024 <= first < last <= 65_535 or last - first < 3:
+            raise ConfigError(
+                f"RTP_RELAY_PORT_RANGE: {text!r} must be a range of at least 4 ports in 1024-65535"
+            )
+        return first, last
+
+    @property
+    def rtp_relay_control(self) -> tuple[str, int]:
+        """The relay's control socket (rtpengine's ng protocol over UDP), on loopback: only the
+        SIP edge on the same host drives it (``RTP_RELAY_NG_PORT``, default 2223)."""
+        text = self.env.get("RTP_RELAY_NG_PORT") or "2223"
+        if not text.isdigit() or not 1 <= int(text) <= 65_535:
+            raise ConfigError(f"RTP_RELAY_NG_PORT: {text!r} is not a port number")
+        return "127.0.0.1", int(text)
 
     @property
     def sip_health_port(self) -> int:
