@@ -57,6 +57,11 @@ def test_render_fills_the_shipped_configs_without_writing_keys(tmp_path: Path) -
     assert "${" not in text
     assert PROD_ENV["LIVEKIT_API_SECRET"] not in text  # keys travel by environment only
     assert not (out / "credentials.env").exists()
+    # The media relay's command line (docker/rtp-relay.sh): media on the host's address.
+    relay = (out / "rtp-relay.args").read_text(encoding="utf-8").splitlines()
+    assert relay[0] == "/usr/bin/rtpengine" or relay[0].endswith("/rtpengine")
+    assert "--interface=10.1.2.3" in relay and "--listen-ng=127.0.0.1:2223" in relay
+    assert "WITH_MEDIA_RELAY\n" in (out / "sip-edge.defines").read_text(encoding="utf-8")
 
 
 def test_render_refuses_a_missing_value(tmp_path: Path) -> None:

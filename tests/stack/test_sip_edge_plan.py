@@ -12,8 +12,8 @@ import pytest
 
 from worker.config.loader import ConfigError
 from worker.config.stack import Profile
-from worker.config.telephony import SipEdgeConfig, TelephonyConfig
-from worker.stack.plan import build_plan
+from worker.config.telephony import SipEdgeConfig, TelephonyConfig, load_telephony
+from worker.stack.plan import RELAY_FLAGS, build_plan, edge_binary, sip_edge_defines
 from worker.stack.ports import free_port
 from worker.stack.process import HealthCheck, probe
 from worker.stack.render import render_stack, write_run_files
@@ -39,11 +39,30 @@ def test_edge_admits_the_trunks_sources_and_forwards_to_livekit_sip(tmp_path: Pa
     assert defines["WITH_MEDIA_RELAY"] == ""
     ng_host, ng_port = stack.rtp_relay_control
     assert defines["RTPENGINE_SOCK"] == f'"udp:{ng_host}:{ng_port}"'
+    assert defines["RELAY_FLAGS"].endswith('strict-source endpoint-learning-off"')
     assert spec.health is not None and spec.health.port == stack.sip_edge_address[1]
     # The real binary parses the shipped config with exactly these values.
     check = subprocess.run(
         [spec.argv[0], "-c", *spec.argv[1:]], capture_output=True, text=True, timeout=30
     )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("mode", ["learn", "off"])
+def test_the_relay_mode_reaches_the_edge_and_kamailio_accepts_it(tmp_path: Path, mode: str) -> None:
+    stack = render_stack(Profile.LOOPBACK, {})
+    tel = load_telephony(stack.telephony_path, stack.env)
+    tel = tel.model_copy(update={"sip_edge": SipEdgeConfig(media_relay=mode)})
+    defines = sip_edge_defines(stack, tel)
+    if mode == "off":
+        assert "WITH_MEDIA_RELAY" not in defines and "RELAY_FLAGS" not in defines
+    else:
+        assert defines["RELAY_FLAGS"] == '"' + " ".join(RELAY_FLAGS["learn"]) + '"'
+        assert "endpoint-learning-off" not in defines["RELAY_FLAGS"]
+    argv = [str(edge_binary()), "-c", "-f", str(stack.root / "sip-edge.cfg")]
+    for name, value in defines.items():
+        argv += ["-A", f"{name}={value}" if value else name]
+    check = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -113,8 +132,9 @@ def test_the_relay_starts_from_its_spec_and_answers_the_ng_ping(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"RTP_RELAY_IP": "0.0.0.0"}, "wildcard"),
-        ({"RTP_RELAY_IP": "pbx.local"}, "not an IP address"),
+        ({"RTP_RELAY_IP": "0.0.0.0"}, "not one address"),
+        ({"RTP_RELAY_IP": "pbx.local"}, "not one address"),
+        ({"RTP_RELAY_IP": "", "SIP_EDGE_LISTEN_IP": "0.0.0.0", "SIP_NAT_IP": ""}, "set RTP_"),
         ({"RTP_RELAY_IP": "10.0.0.10", "RTP_RELAY_PORT_RANGE": "30000"}, "LOW-HIGH"),
         ({"RTP_RELAY_IP": "10.0.0.10", "RTP_RELAY_PORT_RANGE": "30000-30001"}, "at least 4"),
         ({"RTP_RELAY_IP": "10.0.0.10", "RTP_RELAY_NG_PORT": "70000"}, "not a port"),
@@ -125,3 +145,13 @@ def test_relay_settings_are_checked(tmp_path: Path, env: dict[str, str], message
     stack.env.update(env)
     with pytest.raises(ConfigError, match=message):
         _ = stack.rtp_relay_ip, stack.rtp_relay_ports, stack.rtp_relay_control
+
+
+def test_the_relay_address_falls_back_to_a_concrete_one() -> None:
+    stack = render_stack(Profile.LOOPBACK, {})
+    stack.env.update({"RTP_RELAY_IP": "", "SIP_EDGE_LISTEN_IP": "::", "SIP_NAT_IP": "10.0.0.9"})
+    assert stack.rtp_relay_ip == "10.0.0.9"  # the edge listens everywhere: the host's address
+    stack.env["SIP_EDGE_LISTEN_IP"] = "10.0.0.10"
+    assert stack.rtp_relay_ip == "10.0.0.10"
+    stack.env["RTP_RELAY_IP"] = "10.0.0.11"
+    assert stack.rtp_relay_ip == "10.0.0.11"

@@ -231,12 +231,15 @@ class SipEdgeConfig(_Strict):
     )
     window_s: int = Field(2, ge=1, le=60)
     max_message_bytes: int = Field(8192, ge=2048, le=65_535)
-    media_relay: bool = Field(
-        True,
+    media_relay: Literal["strict", "learn", "off"] = Field(
+        "strict",
         description=(
-            "relay each inbound call's RTP through rtpengine, pinned to the address and port the "
-            "caller's side announced (strict source): RTP from any other source is dropped "
-            "instead of played into the call (livekit-sip plays whatever reaches its port)"
+            "inbound calls' RTP through rtpengine, which drops packets from any source but each "
+            "side's: 'strict' pins the address:port each side announced in its SDP, from the "
+            "first packet (the PBX must send from what it announces: no NAT in between); 'learn' "
+            "pins the first source heard in the few seconds after each offer/answer (a PBX "
+            "behind NAT; a spoofer racing the PBX in that window can win); 'off' sends RTP "
+            "straight to livekit-sip, which plays whatever reaches its ports"
         ),
     )
     forwards_from: str = Field(

@@ -127,7 +127,7 @@ def _up(args: argparse.Namespace) -> int:
         # config/telephony.yaml: sip_edge.enabled / media_relay false leave those out
         if not edge.enabled:
             components = [c for c in components if c not in ("sip-edge", "rtp-relay")]
-        elif not edge.media_relay:
+        elif edge.media_relay == "off":
             components = [c for c in components if c != "rtp-relay"]
     run_dir: Path = args.run_dir or (
         project_root() / ".run" / f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -23,6 +23,7 @@ from worker.stack.render import RenderedStack, RunFiles, project_root
 __all__ = [
     "COMPONENT_BUILDERS",
     "CORE_COMPONENTS",
+    "RELAY_FLAGS",
     "SIP_COMPONENTS",
     "SIP_UNAVAILABLE",
     "PlanContext",
@@ -181,6 +182,17 @@ def rtp_relay_argv(stack: RenderedStack, pidfile: Path) -> list[str]:
     ]
 
 
+# rtpengine's flags on every offer and answer (sip-edge.cfg, route[MEDIA_OFFER], says why each).
+# "endpoint-learning-off" must be this flag: rtpengine 10.5 ignores the key form
+# "endpoint-learning=off" without a word.
+_RELAY_COMMON = ("replace-origin", "replace-session-connection", "ICE=remove", "strict-source")
+RELAY_FLAGS: dict[str, tuple[str, ...]] = {
+    "strict": (*_RELAY_COMMON, "endpoint-learning-off"),
+    "learn": _RELAY_COMMON,
+}
+"""The relay's flags for each ``sip_edge.media_relay`` mode but ``off``."""
+
+
 def sip_edge_defines(stack: RenderedStack, tel: TelephonyConfig) -> dict[str, str]:
     """The ``-A NAME=value`` settings of ``sip-edge.cfg`` for this stack: where it listens,
     livekit-sip as its upstream, the trunks' sources it admits, the limits of ``tel.sip_edge``
@@ -202,10 +214,11 @@ def sip_edge_defines(stack: RenderedStack, tel: TelephonyConfig) -> dict[str, st
         "PIKE_SAMPLING": str(settings.window_s),
         "MAX_MSG_LEN": str(settings.max_message_bytes),
     }
-    if settings.media_relay:
+    if settings.media_relay != "off":
         ng_host, ng_port = stack.rtp_relay_control
         defines["WITH_MEDIA_RELAY"] = ""
         defines["RTPENGINE_SOCK"] = f'"udp:{ng_host}:{ng_port}"'
+        defines["RELAY_FLAGS"] = '"' + " ".join(RELAY_FLAGS[settings.media_relay]) + '"'
     return defines
 
 

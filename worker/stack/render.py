@@ -181,22 +181,23 @@ class RenderedStack:
 
     @property
     def rtp_relay_ip(self) -> str:
-        """The address the media relay binds and writes into SDP (``RTP_RELAY_IP``, default
-        ``SIP_EDGE_LISTEN_IP``): the PBX sends RTP there, so it must be one concrete address."""
-        host = self.env.get("RTP_RELAY_IP") or self.env.get("SIP_EDGE_LISTEN_IP") or ""
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError(
-                f"RTP_RELAY_IP: {host!r} is not an IP address; set it (or SIP_EDGE_LISTEN_IP) to "
-                "the address the PBX sends media to"
-            ) from None
-        if ip.is_unspecified:
-            raise ConfigError(
-                f"RTP_RELAY_IP: {host} is a wildcard; the relay writes its address into SDP, so "
-                "set RTP_RELAY_IP to the address the PBX sends media to"
-            )
-        return host
+        """The address the media relay binds and writes into SDP: the PBX sends RTP there, so
+        it is one concrete address: ``RTP_RELAY_IP``, else ``SIP_EDGE_LISTEN_IP`` unless that is
+        a wildcard, else ``SIP_NAT_IP`` (the host's address livekit-sip announces)."""
+        explicit = self.env.get("RTP_RELAY_IP")
+        edge = self.env.get("SIP_EDGE_LISTEN_IP") or ""
+        candidates = [explicit] if explicit else [edge, self.env.get("SIP_NAT_IP") or ""]
+        for host in candidates:
+            try:
+                if not ipaddress.ip_address(host).is_unspecified:
+                    return host
+            except ValueError:
+                if explicit:
+                    break
+        raise ConfigError(
+            f"RTP_RELAY_IP: {explicit or edge or '(unset)'} is not one address the PBX can send "
+            "media to (an IP, not a wildcard); set RTP_RELAY_IP"
+        )
 
     @property
     def rtp_relay_ports(self) -> tuple[int, int]:
