@@ -17,6 +17,7 @@ APT_PACKAGES=(
   redis-server    # LiveKit SIP needs Redis
   sip-tester      # sipp: SIP signaling tests
   kamailio        # the SIP edge in front of livekit-sip (sip-edge.cfg, docs/security.md)
+  rtpengine-daemon  # the media relay the edge drives (RTP only from each side's own address)
   baresip         # the demo's scripted caller, a real SIP user agent
   sox             # audio conversion for the demo's recordings
   espeak-ng       # Piper's phonemizer data; also a second voice for test utterances
