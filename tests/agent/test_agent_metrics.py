@@ -161,6 +161,25 @@ def test_prometheus_port_config_and_loopback_spec() -> None:
     assert list(again.argv)[argv.index("--prometheus-port") + 1] == str(port)
 
 
+def test_a_later_agent_never_gets_the_metrics_port_as_its_ready_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stack keeps its metrics port while agents come and go (one per test module); once
+    # the last agent stopped, the kernel may offer that port again (seen in a telephony run).
+    import worker.agent.components as components
+
+    stack = render_stack(Profile.LOOPBACK, {})
+    agent_spec(stack, ready_port=1, drain_timeout_s=5.0)
+    metrics = int(stack.env[AGENT_METRICS_PORT_ENV])
+    offered = iter([metrics, metrics, 40001])
+    monkeypatch.setattr(components, "free_port", lambda host="127.0.0.1": next(offered))
+    spec = agent_spec(stack, drain_timeout_s=5.0)
+    argv = list(spec.argv)
+    assert argv[argv.index("--ready-port") + 1] == "40001"
+    assert spec.health is not None and spec.health.port == 40001
+    assert sorted(p.port for p in spec.ports) == sorted([40001, metrics])
+
+
 def test_agent_start_rejects_a_bad_prometheus_port() -> None:
     proc = subprocess.run(
         [

@@ -102,6 +102,11 @@ def agent_spec(
         if AGENT_METRICS_PORT_ENV not in stack.env:
             stack.env[AGENT_METRICS_PORT_ENV] = str(free_port("127.0.0.1"))
         metrics_port = int(stack.env[AGENT_METRICS_PORT_ENV])
+        # The metrics port stays in stack.env for the stack's life while agents come and go
+        # (one per test module): the kernel may hand it out again as a new ready port.
+        while port == metrics_port and ready_port is None:
+            port = free_port("127.0.0.1")
+        ports[0] = PortSpec("127.0.0.1", port)
         metrics = ("--prometheus-port", str(metrics_port))
         ports.append(PortSpec("127.0.0.1", metrics_port))
     return ProcessSpec(
