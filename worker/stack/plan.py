@@ -178,6 +178,9 @@ def rtp_relay_argv(stack: RenderedStack, pidfile: Path) -> list[str]:
         f"--port-min={low}",
         f"--port-max={high}",
         "--num-threads=2",
+        # A deleted call's ports are free at once (the default keeps them 30 s for stray
+        # retransmissions; a BYE's retransmission is answered by the edge's transaction).
+        "--delete-delay=0",
         f"--pidfile={pidfile}",
     ]
 
@@ -210,6 +213,8 @@ def sip_edge_defines(stack: RenderedStack, tel: TelephonyConfig) -> dict[str, st
         "UPSTREAM": f'"{upstream}"',
         "UPSTREAM_NETS": f'"{_host_cidr(up_host)}"',
         "ALLOW_NETS": '"' + ",".join(tel.edge_allowed_sources()) + '"',
+        # No outbound trunk through the edge: livekit-sip's own address, admitted anyway.
+        "OUTBOUND_NETS": '"' + ",".join(tel.edge_outbound_peers() or [_host_cidr(up_host)]) + '"',
         "PIKE_DENSITY": str(settings.max_requests_per_source),
         "PIKE_SAMPLING": str(settings.window_s),
         "MAX_MSG_LEN": str(settings.max_message_bytes),

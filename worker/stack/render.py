@@ -70,7 +70,7 @@ def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
     host = "127.0.0.1"
     http = free_port(host)
     rtp_start, rtp_end = free_udp_range(rtp_ports, host)
-    relay_start, relay_end = free_udp_range(2 * rtp_ports, host)  # 4 ports per call
+    relay_start, relay_end = free_udp_range(4 * rtp_ports, host)  # 4 ports per call
     redis_port = free_port(host)
     return {
         "LIVEKIT_BIND_ADDRESS": host,
@@ -178,6 +178,13 @@ class RenderedStack:
         ``SIP_EDGE_PORT``, default 5060): with the edge, this is where callers send INVITEs."""
         host = self.env.get("SIP_EDGE_LISTEN_IP") or "0.0.0.0"
         return host, int(self.env.get("SIP_EDGE_PORT") or 5060)
+
+    @property
+    def sip_edge_target(self) -> tuple[str, int]:
+        """Where livekit-sip, on this host, reaches the SIP edge (a wildcard listener over
+        loopback): the address of outbound trunks that pass the edge."""
+        host, port = self.sip_edge_address
+        return ("127.0.0.1" if host in {"0.0.0.0", "::"} else host), port
 
     @property
     def rtp_relay_ip(self) -> str:
