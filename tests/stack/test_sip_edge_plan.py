@@ -33,6 +33,8 @@ def test_edge_admits_the_trunks_sources_and_forwards_to_livekit_sip(tmp_path: Pa
     sip_host, sip_port = stack.sip_address
     assert defines["UPSTREAM"] == f'"{sip_host}:{sip_port}"'
     assert defines["ALLOW_NETS"] == '"127.0.0.1/32"'  # the loopback PBX_ADDRESS
+    # no outbound trunk shipped: the placeholder is livekit-sip's own address, admitted anyway
+    assert defines["OUTBOUND_NETS"] == f'"{sip_host}/32"'
     assert defines["LISTEN_PORT"] == str(stack.sip_edge_address[1])
     assert defines["PIKE_DENSITY"] == "30" and defines["MAX_MSG_LEN"] == "8192"
     # media_relay (on in the shipped telephony.yaml): the relay routes and its control socket

@@ -44,7 +44,13 @@ def line_stack(sip_stack: LoopbackStack) -> Iterator[LineStack]:
     specs = [inference_spec(rendered), agent_spec(rendered, config=agent, drain_timeout_s=30.0)]
     with BackgroundSupervisor(specs, run_dir) as sup:
         asyncio.run(
-            provision(lines, sip_stack.livekit_url, sip_stack.api_key, sip_stack.api_secret)
+            provision(
+                lines,
+                sip_stack.livekit_url,
+                sip_stack.api_key,
+                sip_stack.api_secret,
+                edge=sip_stack.rendered.sip_edge_target,  # outbound calls pass the edge too
+            )
         )
         try:
             yield LineStack(

@@ -87,3 +87,34 @@ def test_literal_trunk_password_is_refused(tmp_path: Path) -> None:
     )
     (problem,) = check_secrets_from_env(path)
     assert "outbound_trunks 'out': auth_password is written in the file" in problem
+
+
+@pytest.mark.parametrize(
+    ("trunk", "hop"),
+    [
+        ({}, "10.0.0.5:5060"),
+        ({"address": "10.0.0.5"}, "10.0.0.5:5060"),
+        ({"transport": "tcp"}, "10.0.0.5:5060;transport=tcp"),
+        ({"transport": "tls"}, None),  # the edge speaks no TLS: straight from livekit-sip
+        ({"address": "pbx.example.lan:5060"}, None),  # the edge resolves no names
+    ],
+)
+def test_outbound_trunks_pass_the_edge_when_they_can(
+    trunk: dict[str, object], hop: str | None
+) -> None:
+    from worker.telephony.provision import NEXT_HOP_HEADER, desired_outbound_trunk
+
+    cfg = telephony_with_outbound(**trunk)
+    (out,) = cfg.outbound_trunks
+    assert out.edge_hop() == hop
+    want = desired_outbound_trunk(out, ("127.0.0.1", 5060))
+    if hop is None:
+        assert want.address == out.address and not dict(want.headers)
+        assert cfg.edge_outbound_peers() == []
+    else:
+        # livekit-sip sends to the edge, which sends on to the trunk and relays the media
+        assert want.address == "127.0.0.1:5060" and dict(want.headers) == {NEXT_HOP_HEADER: hop}
+        assert cfg.edge_outbound_peers() == ["10.0.0.5/32"]
+    # Without the edge, every trunk goes straight to its address.
+    direct = desired_outbound_trunk(out)
+    assert direct.address == out.address and not dict(direct.headers)

@@ -1,5 +1,6 @@
-"""Outbound calls over real SIP: ``voicestack call`` -> LiveKit -> livekit-sip -> a baresip
-callee on loopback; the agent greets whoever answers and can key in digits (DTMF out).
+"""Outbound calls over real SIP: ``voicestack call`` -> LiveKit -> livekit-sip -> the SIP edge
+and the media relay -> a baresip callee on loopback; the agent greets whoever answers and can
+key in digits (DTMF out).
 
 Outcomes: answered (exit 0), busy (the callee rejects: exit 3), no answer (it rings past the
 trunk's ringing timeout: exit 4), invalid number (the far end answers 404: exit 6).
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from lines_support import LineStack, caller_wav
+from rtp_attack import call_legs
 
 from worker.caller.sip import SIP_SAMPLE_RATE
 from worker.caller.sip_phone import SipPhone
@@ -60,6 +62,12 @@ def test_call_rings_a_local_phone_the_agent_greets_and_keys_digits(
             assert status == 0, output
             assert re.search(r"call: \+15550150: answered; room out-", output), output
             await callee.wait_event("CALL_ESTABLISHED", 10)
+            # The call went through the edge, its media through the relay: the callee's leg is
+            # pinned to the callee's own RTP address.
+            legs = call_legs(line_stack.livekit.rendered.rtp_relay_control)
+            sip_low, sip_high = line_stack.livekit.rendered.env["SIP_RTP_PORT_RANGE"].split("-")
+            outside = [g for g in legs if not int(sip_low) <= g.endpoint[1] <= int(sip_high)]
+            assert len(legs) == 2 and len(outside) == 1, legs
             # DTMF out: the agent keyed 4, 2, # into the call before greeting.
             keys: list[str] = []
             for _ in range(3):
@@ -132,7 +140,11 @@ def test_outbound_trunks_are_provisioned_idempotently(line_stack: LineStack) -> 
     lk = line_stack.livekit
 
     def apply(cfg: TelephonyConfig) -> ProvisionResult:
-        return asyncio.run(provision(cfg, lk.livekit_url, lk.api_key, lk.api_secret))
+        return asyncio.run(
+            provision(
+                cfg, lk.livekit_url, lk.api_key, lk.api_secret, edge=lk.rendered.sip_edge_target
+            )
+        )
 
     again = apply(line_stack.telephony)
     assert "outbound trunk lines-out" in again.unchanged and not again.changed

@@ -203,6 +203,20 @@ class OutboundTrunkConfig(_Strict):
                 )
         return values
 
+    def edge_hop(self) -> str | None:
+        """Where the SIP edge sends this trunk's calls on to (``host:port``, ``;transport=tcp``
+        for TCP), or None when they cannot pass the edge and go straight from livekit-sip: TLS
+        (the edge speaks none) and host names (the edge resolves no names and admits peers by
+        address)."""
+        host, _, port = self.address.partition(":")
+        if self.transport == "tls":
+            return None
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return None
+        return f"{host}:{port or 5060}" + (";transport=tcp" if self.transport == "tcp" else "")
+
     @model_validator(mode="after")
     def _auth_pair(self) -> OutboundTrunkConfig:
         if bool(self.auth_username) != bool(self.auth_password):
@@ -278,6 +292,14 @@ class TelephonyConfig(_Strict):
         if any(not t.allowed_addresses for t in self.trunks):
             return ["0.0.0.0/0", "::/0"]
         return sorted({a for t in self.trunks for a in t.allowed_addresses})
+
+    def edge_outbound_peers(self) -> list[str]:
+        """The outbound trunks' addresses whose calls pass the edge (see
+        :meth:`OutboundTrunkConfig.edge_hop`): the edge takes their replies and in-dialog
+        requests, never a new call from them unless an inbound trunk allows it too."""
+        return sorted(
+            {f"{t.address.partition(':')[0]}/32" for t in self.outbound_trunks if t.edge_hop()}
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> TelephonyConfig:

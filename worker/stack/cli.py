@@ -75,7 +75,8 @@ async def run_up(
             return 1
         if failure is not None:
             raise failure
-        return await _serve(stack, files, sup, stop, provision_after)
+        edge = "sip-edge" in components
+        return await _serve(stack, files, sup, stop, provision_after, edge)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -87,6 +88,7 @@ async def _serve(
     sup: Supervisor,
     stop: asyncio.Event,
     provision_after: bool,
+    with_edge: bool,
 ) -> int:
     try:
         if provision_after:
@@ -95,7 +97,10 @@ async def _serve(
 
             try:
                 tel = load_telephony(stack.telephony_path, stack.env)
-                result = await provision(tel, stack.livekit_url, stack.api_key, stack.api_secret)
+                edge = stack.sip_edge_target if with_edge else None
+                result = await provision(
+                    tel, stack.livekit_url, stack.api_key, stack.api_secret, edge=edge
+                )
                 for line in result.summary_lines():
                     _say(f"provision: {line}")
             except (ProvisionError, ConfigError) as err:

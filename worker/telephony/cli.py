@@ -82,6 +82,8 @@ class _LiveKitTarget:
     url: str
     api_key: str
     api_secret: str
+    edge: tuple[str, int]
+    """Where livekit-sip reaches the SIP edge (used when ``sip_edge.enabled``)."""
 
 
 def _checked_target(args: argparse.Namespace, refusal: str) -> _LiveKitTarget | None:
@@ -94,7 +96,13 @@ def _checked_target(args: argparse.Namespace, refusal: str) -> _LiveKitTarget | 
     assert report.stack is not None and report.telephony is not None
     # LIVEKIT_URL (e.g. from a run directory's credentials.env) points at a running stack.
     url = args.url or report.stack.env.get("LIVEKIT_URL") or report.stack.livekit_url
-    return _LiveKitTarget(report.telephony, url, report.stack.api_key, report.stack.api_secret)
+    return _LiveKitTarget(
+        report.telephony,
+        url,
+        report.stack.api_key,
+        report.stack.api_secret,
+        report.stack.sip_edge_target,
+    )
 
 
 def _add_target_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -115,7 +123,9 @@ def _provision(args: argparse.Namespace) -> int:
         return 2
     try:
         result = asyncio.run(
-            provision(target.telephony, target.url, target.api_key, target.api_secret)
+            provision(
+                target.telephony, target.url, target.api_key, target.api_secret, edge=target.edge
+            )
         )
     except ProvisionError as err:
         print(f"provision: {err}", file=sys.stderr)

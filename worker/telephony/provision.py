@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from worker.stack.loopback import LoopbackStack
 
 __all__ = [
+    "NEXT_HOP_HEADER",
     "ProvisionError",
     "ProvisionResult",
     "desired_dispatch_rule",
@@ -100,20 +101,36 @@ def desired_trunk(
     )
 
 
-def desired_outbound_trunk(cfg: OutboundTrunkConfig) -> api.SIPOutboundTrunkInfo:
-    """The LiveKit outbound trunk our config asks for (without ID)."""
+NEXT_HOP_HEADER = "X-Voicestack-Next-Hop"
+"""Carries an outbound call's real destination from livekit-sip to the SIP edge (sip-edge.cfg
+takes it only from livekit-sip's address and removes it before sending on)."""
+
+
+def desired_outbound_trunk(
+    cfg: OutboundTrunkConfig, edge: tuple[str, int] | None = None
+) -> api.SIPOutboundTrunkInfo:
+    """The LiveKit outbound trunk our config asks for (without ID). With the SIP edge at
+    ``edge`` (as livekit-sip reaches it), a trunk that can pass it (:meth:`edge_hop`) points at
+    the edge, which sends the call on to the trunk's address and relays its media; others go
+    straight to their address."""
     transport = {
         "udp": api.SIPTransport.SIP_TRANSPORT_UDP,
         "tcp": api.SIPTransport.SIP_TRANSPORT_TCP,
         "tls": api.SIPTransport.SIP_TRANSPORT_TLS,
     }[cfg.transport]
+    address, headers = cfg.address, {}
+    hop = cfg.edge_hop() if edge is not None else None
+    if edge is not None and hop is not None:
+        address, transport = f"{edge[0]}:{edge[1]}", api.SIPTransport.SIP_TRANSPORT_UDP
+        headers = {NEXT_HOP_HEADER: hop}
     return api.SIPOutboundTrunkInfo(
         name=cfg.name,
-        address=cfg.address,
+        address=address,
         transport=transport,
         numbers=list(cfg.numbers),
         auth_username=cfg.auth_username or "",
         auth_password=cfg.auth_password or "",
+        headers=headers,
     )
 
 
@@ -148,7 +165,15 @@ _TRUNK_FIELDS = (
     "max_call_duration",
 )
 _RULE_FIELDS = ("name", "trunk_ids", "rule", "room_config")
-_OUT_FIELDS = ("name", "address", "transport", "numbers", "auth_username", "auth_password")
+_OUT_FIELDS = (
+    "name",
+    "address",
+    "transport",
+    "numbers",
+    "auth_username",
+    "auth_password",
+    "headers",
+)
 
 _Info = TypeVar("_Info", api.SIPInboundTrunkInfo, api.SIPDispatchRuleInfo, api.SIPOutboundTrunkInfo)
 
@@ -159,6 +184,8 @@ def _projection(msg: Any, fields: tuple[str, ...]) -> dict[str, Any]:
         value = getattr(msg, name)
         if hasattr(value, "SerializeToString"):
             out[name] = value.SerializeToString(deterministic=True)
+        elif hasattr(value, "items"):  # map fields
+            out[name] = sorted(value.items())
         elif not isinstance(value, str | bytes | int | float | bool):
             out[name] = sorted(value)  # repeated scalar fields: order carries no meaning
         else:
@@ -237,7 +264,12 @@ async def _reconcile_all(
     return ids
 
 
-async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResult) -> None:
+async def _apply(
+    lk: api.LiveKitAPI,
+    cfg: TelephonyConfig,
+    result: ProvisionResult,
+    edge: tuple[str, int] | None,
+) -> None:
     result.trunk_ids = await _reconcile_all(
         "trunk",
         (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items,
@@ -271,7 +303,7 @@ async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResu
     result.outbound_ids = await _reconcile_all(
         "outbound trunk",
         (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items,
-        [(t.name, desired_outbound_trunk(t)) for t in cfg.outbound_trunks],
+        [(t.name, desired_outbound_trunk(t, edge)) for t in cfg.outbound_trunks],
         _OUT_FIELDS,
         ident=lambda trunk: trunk.sip_trunk_id,
         create=lambda want: lk.sip.create_outbound_trunk(
@@ -283,9 +315,17 @@ async def _apply(lk: api.LiveKitAPI, cfg: TelephonyConfig, result: ProvisionResu
 
 
 async def provision(
-    cfg: TelephonyConfig, url: str, api_key: str, api_secret: str, timeout_s: float = 10.0
+    cfg: TelephonyConfig,
+    url: str,
+    api_key: str,
+    api_secret: str,
+    timeout_s: float = 10.0,
+    *,
+    edge: tuple[str, int] | None = None,
 ) -> ProvisionResult:
-    """Make LiveKit's inbound trunks and dispatch rules match ``cfg``; return what changed.
+    """Make LiveKit's trunks and dispatch rules match ``cfg``; return what changed. ``edge``:
+    where livekit-sip reaches the SIP edge when it runs (``RenderedStack.sip_edge_target``),
+    so outbound calls pass it too.
 
     Raises :class:`ProvisionError` when LiveKit is unreachable or refuses a request (e.g.
     "sip not connected (redis required)" when the server runs without redis).
@@ -296,7 +336,7 @@ async def provision(
         url, api_key, api_secret, timeout=aiohttp.ClientTimeout(total=timeout_s), failover=False
     )
     try:
-        await _apply(lk, cfg, result)
+        await _apply(lk, cfg, result, edge if cfg.sip_edge.enabled else None)
     except api.TwirpError as err:
         raise ProvisionError(
             f"LiveKit at {url} refused the request: {err.code}: {err.message}"
@@ -314,4 +354,7 @@ def provision_loopback(stack: LoopbackStack) -> tuple[TelephonyConfig, Provision
     """Provision the shipped ``config/telephony.yaml`` as ``stack`` renders it (the demo, the
     load test and the tests); returns the config (its trunk number is what to dial)."""
     cfg = load_telephony(stack.rendered.telephony_path, stack.rendered.env)
-    return cfg, asyncio.run(provision(cfg, stack.livekit_url, stack.api_key, stack.api_secret))
+    edge = stack.rendered.sip_edge_target if "sip-edge" in stack.components else None
+    return cfg, asyncio.run(
+        provision(cfg, stack.livekit_url, stack.api_key, stack.api_secret, edge=edge)
+    )
