@@ -9,6 +9,7 @@ from prod_env import PROD_ENV
 
 from worker.config.stack import Profile
 from worker.stack.plan import SIP_UNAVAILABLE, PlanError, build_plan
+from worker.stack.ports import port_in_use
 from worker.stack.render import RenderedStack, RunFiles, render_stack, write_run_files
 
 
@@ -81,3 +82,33 @@ def test_loopback_trunk_never_takes_the_operators_pbx_password() -> None:
         Profile.LOOPBACK, {"PBX_AUTH_USERNAME": "pbx", "PBX_AUTH_PASSWORD": "s3cret-" + "x" * 20}
     )
     assert stack.env["PBX_AUTH_USERNAME"] == "" and stack.env["PBX_AUTH_PASSWORD"] == ""
+
+
+def test_loopback_ports_are_distinct_and_free_for_what_binds_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.stack.render as render
+
+    # The kernel offers one port twice (nothing is bound until the stack starts): the second
+    # pick must go on to another port.
+    real = render.free_port
+    offered: list[int] = []
+
+    def repeating(host: str = "127.0.0.1", proto: str = "tcp") -> int:
+        port = offered[-1] if len(offered) == 1 else real(host, proto)  # type: ignore[arg-type]
+        offered.append(port)
+        return port
+
+    monkeypatch.setattr(render, "free_port", repeating)
+    env = render.loopback_env()
+    single = [
+        int(env[k].rpartition(":")[2])
+        for k in env
+        if k.endswith("_PORT") or k in ("REDIS_ADDRESS", "LIVEKIT_STUN_SERVER")
+    ]
+    assert len(single) == len(set(single)) == 9, env
+    for key in ("SIP_PORT", "SIP_EDGE_PORT"):  # kamailio and livekit-sip bind UDP and TCP
+        assert not port_in_use("127.0.0.1", int(env[key]), "tcp"), key
+    rtp = [int(x) for x in env["SIP_RTP_PORT_RANGE"].split("-")]
+    relay = [int(x) for x in env["RTP_RELAY_PORT_RANGE"].split("-")]
+    assert relay[1] < rtp[0] or relay[0] > rtp[1], (rtp, relay)

@@ -10,9 +10,9 @@ import yaml
 from lines_support import CLOSED, SALES, SUPPORT, LineStack, agent_config, flows_for
 
 from worker.agent.components import agent_spec, inference_spec, inference_url
-from worker.caller.sip import free_udp_tcp_port
 from worker.config.telephony import OutboundTrunkConfig, load_telephony
 from worker.stack.loopback import LoopbackStack
+from worker.stack.ports import free_udp_tcp_port
 from worker.stack.supervisor import BackgroundSupervisor
 from worker.telephony.provision import provision, provision_loopback
 

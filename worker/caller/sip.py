@@ -33,7 +33,7 @@ from worker.caller.analysis import speech_segments
 from worker.caller.audio import Pcm, read_wav
 from worker.caller.transport import CallRecording, HangUp
 from worker.caller.utterances import CallerScript, ScheduledUtterance
-from worker.stack.ports import free_port, free_udp_range, port_in_use
+from worker.stack.ports import free_port, free_udp_range, free_udp_tcp_port
 
 __all__ = ["SIP_SAMPLE_RATE", "BaresipCaller", "BaresipError"]
 
@@ -277,15 +277,6 @@ def write_config(
 def _rtp_sources(log: Path) -> list[str]:
     text = log.read_text(errors="replace") if log.is_file() else ""
     return re.findall(r"incoming rtp for 'audio' established, receiving from (\S+)", text)
-
-
-def free_udp_tcp_port(attempts: int = 50) -> int:
-    """A loopback port free for UDP and TCP alike (baresip listens on both)."""
-    for _ in range(attempts):
-        port = free_port("127.0.0.1", "udp")
-        if not port_in_use("127.0.0.1", port, "tcp"):
-            return port
-    raise BaresipError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 class Ctl:

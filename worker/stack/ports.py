@@ -10,7 +10,7 @@ import random
 import socket
 from typing import Literal
 
-__all__ = ["Proto", "free_port", "free_udp_range", "port_in_use"]
+__all__ = ["Proto", "free_port", "free_udp_range", "free_udp_tcp_port", "port_in_use"]
 
 Proto = Literal["tcp", "udp"]
 
@@ -41,6 +41,18 @@ def free_port(host: str = "127.0.0.1", proto: Proto = "tcp") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def free_udp_tcp_port(
+    host: str = "127.0.0.1", avoid: frozenset[int] = frozenset(), attempts: int = 50
+) -> int:
+    """A port free on ``host`` for UDP and TCP alike (SIP listeners bind both), not in
+    ``avoid`` (ports already handed out for the same stack but not bound yet)."""
+    for _ in range(attempts):
+        port = free_port(host, "udp")
+        if port not in avoid and not port_in_use(host, port, "tcp"):
+            return port
+    raise RuntimeError(f"no port free for both UDP and TCP on {host}")
 
 
 def free_udp_range(count: int, host: str = "127.0.0.1", attempts: int = 200) -> tuple[int, int]:

@@ -15,13 +15,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from worker.config.loader import ConfigError
 from worker.config.stack import Profile, substitute_tree
-from worker.stack.ports import free_port, free_udp_range
+from worker.stack.ports import free_port, free_udp_range, free_udp_tcp_port
 
 __all__ = [
     "LIVEKIT_CONFIG",
@@ -66,32 +66,52 @@ def project_root() -> Path:
 
 
 def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
-    """Placeholder values for the loopback profile: 127.0.0.1 and freshly picked free ports."""
+    """Placeholder values for the loopback profile: 127.0.0.1 and freshly picked free ports.
+
+    Each port is free for every protocol its listener binds (SIP: UDP and TCP) and differs from
+    the others picked here: none is bound until the stack starts, so the kernel could otherwise
+    offer the same one twice, or a UDP-free port that a TCP listener holds (seen in CI).
+    """
     host = "127.0.0.1"
-    http = free_port(host)
+    taken: set[int] = set()
+
+    def pick(proto: Literal["tcp", "udp", "both"]) -> int:
+        while True:
+            if proto == "both":
+                port = free_udp_tcp_port(host, frozenset(taken))
+            else:
+                port = free_port(host, proto)
+            if port not in taken:
+                taken.add(port)
+                return port
+
+    http = pick("tcp")
     rtp_start, rtp_end = free_udp_range(rtp_ports, host)
-    relay_start, relay_end = free_udp_range(4 * rtp_ports, host)  # 4 ports per call
-    redis_port = free_port(host)
+    while True:  # the two ranges are drawn at random from the same span: keep them apart
+        relay_start, relay_end = free_udp_range(4 * rtp_ports, host)  # 4 ports per call
+        if relay_end < rtp_start or relay_start > rtp_end:
+            break
+    redis_port = pick("tcp")
     return {
         "LIVEKIT_BIND_ADDRESS": host,
         "LIVEKIT_NODE_IP": host,
         "LIVEKIT_HTTP_PORT": str(http),
-        "LIVEKIT_RTC_TCP_PORT": str(free_port(host)),
-        "LIVEKIT_RTC_UDP_PORT": str(free_port(host, "udp")),
+        "LIVEKIT_RTC_TCP_PORT": str(pick("tcp")),
+        "LIVEKIT_RTC_UDP_PORT": str(pick("udp")),
         # No STUN server runs on loopback; the entry only keeps clients off public STUN.
-        "LIVEKIT_STUN_SERVER": f"{host}:{free_port(host, 'udp')}",
+        "LIVEKIT_STUN_SERVER": f"{host}:{pick('udp')}",
         "LIVEKIT_WS_URL": f"ws://{host}:{http}",
         "REDIS_ADDRESS": f"{host}:{redis_port}",
         "SIP_LISTEN_IP": host,
         "SIP_NAT_IP": host,
-        "SIP_PORT": str(free_port(host, "udp")),
-        "SIP_HEALTH_PORT": str(free_port(host)),
+        "SIP_PORT": str(pick("both")),
+        "SIP_HEALTH_PORT": str(pick("tcp")),
         "SIP_EDGE_LISTEN_IP": host,
-        "SIP_EDGE_PORT": str(free_port(host, "udp")),
+        "SIP_EDGE_PORT": str(pick("both")),
         "SIP_RTP_PORT_RANGE": f"{rtp_start}-{rtp_end}",
         "RTP_RELAY_IP": host,
         "RTP_RELAY_PORT_RANGE": f"{relay_start}-{relay_end}",
-        "RTP_RELAY_NG_PORT": str(free_port(host, "udp")),
+        "RTP_RELAY_NG_PORT": str(pick("udp")),
     }
 
 
