@@ -61,10 +61,23 @@ async def _room_names(stack: LoopbackStack) -> set[str]:
         await lk.aclose()
 
 
+async def _healthy_within(check: HealthCheck, limit_s: float = 15.0) -> bool:
+    """A health check on a loaded 2-core CI box: one 2 s probe can time out while the server is
+    fine (a CI run saw livekit-server miss one after the heavy security tests)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit_s
+    while loop.time() < until:
+        if await probe(check):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
 async def test_core_services_are_healthy(livekit_stack: LoopbackStack) -> None:
     host, port = livekit_stack.redis_address
-    assert await probe(HealthCheck("redis", host, port))
-    assert await probe(HealthCheck("http", "127.0.0.1", livekit_stack.rendered.livekit_port))
+    assert await _healthy_within(HealthCheck("redis", host, port))
+    livekit = HealthCheck("http", "127.0.0.1", livekit_stack.rendered.livekit_port)
+    assert await _healthy_within(livekit)
     states = {s.name: s.state.value for s in livekit_stack.supervisor.status()}
     assert states["redis"] == "healthy" and states["livekit"] == "healthy"
 
