@@ -43,14 +43,11 @@ def free_port(host: str = "127.0.0.1", proto: Proto = "tcp") -> int:
     return port
 
 
-def free_udp_tcp_port(
-    host: str = "127.0.0.1", avoid: frozenset[int] = frozenset(), attempts: int = 50
-) -> int:
-    """A port free on ``host`` for UDP and TCP alike (SIP listeners bind both), not in
-    ``avoid`` (ports already handed out for the same stack but not bound yet)."""
+def free_udp_tcp_port(host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """A port free on ``host`` for UDP and TCP alike (SIP listeners bind both)."""
     for _ in range(attempts):
         port = free_port(host, "udp")
-        if port not in avoid and not port_in_use(host, port, "tcp"):
+        if not port_in_use(host, port, "tcp"):
             return port
     raise RuntimeError(f"no port free for both UDP and TCP on {host}")
 

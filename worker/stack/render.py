@@ -77,10 +77,7 @@ def loopback_env(rtp_ports: int = 20) -> dict[str, str]:
 
     def pick(proto: Literal["tcp", "udp", "both"]) -> int:
         while True:
-            if proto == "both":
-                port = free_udp_tcp_port(host, frozenset(taken))
-            else:
-                port = free_port(host, proto)
+            port = free_udp_tcp_port(host) if proto == "both" else free_port(host, proto)
             if port not in taken:
                 taken.add(port)
                 return port
