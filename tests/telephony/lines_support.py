@@ -171,8 +171,8 @@ async def quiet_after(phone: SipPhone, after_s: float, quiet_s: float, limit_s: 
 
 
 async def heard_text(stack: LineStack, phone: SipPhone, start_s: float, end_s: float) -> str:
-    """What the agent said between ``start_s`` and ``end_s`` of the heard recording (waits
-    until the recording is that long)."""
+    """What the agent said between ``start_s`` and ``end_s`` of the heard recording, as
+    lower-case words without punctuation (waits until the recording is that long)."""
     loop = asyncio.get_running_loop()
     until = loop.time() + end_s - start_s + 30
     heard = phone.heard()
@@ -180,9 +180,9 @@ async def heard_text(stack: LineStack, phone: SipPhone, start_s: float, end_s: f
         await asyncio.sleep(0.1)  # the recording is a file baresip writes: poll it
         heard = phone.heard()
     part = heard[int(start_s * SIP_SAMPLE_RATE) : int(end_s * SIP_SAMPLE_RATE)]
-    return (
-        await transcribe_speech(part, SIP_SAMPLE_RATE, inference_url=stack.inference_url)
-    ).lower()
+    text = await transcribe_speech(part, SIP_SAMPLE_RATE, inference_url=stack.inference_url)
+    # Whisper punctuates as it pleases ("your 6-digit order. number."): compare words only.
+    return " ".join(re.sub(r"[^a-z0-9']+", " ", text.lower()).split())
 
 
 async def log_has(stack: LineStack, pattern: str, limit_s: float) -> re.Match[str]:
