@@ -23,6 +23,8 @@ APT_PACKAGES=(
   espeak-ng       # Piper's phonemizer data; also a second voice for test utterances
   tshark          # the zero-egress test watches every packet the stack sends
   iproute2        # ... from a network namespace (ip netns) whose only link out it captures
+  chromium chromium-driver  # the supervisor console's browser tests (headless, via selenium)
+  postgresql      # the call-record store's PostgreSQL tests (initdb/pg_ctl of a throwaway cluster)
   pkg-config libopus-dev libopusfile-dev libsoxr-dev  # cgo deps of livekit-sip
   gcc g++ make cmake  # llama-cpp-python builds from source
 )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.config.flows import DEFAULT_FLOWS, FlowsConfig, load_flows
 from worker.config.loader import ConfigError, load_model
+from worker.config.records import RecordsConfig
 
 __all__ = [
     "AgentConfig",
@@ -229,6 +230,7 @@ class AgentConfig(_Strict):
     turn: TurnConfig = TurnConfig()
     worker: WorkerConfig = WorkerConfig()
     fallback: FallbackConfig = FallbackConfig()
+    records: RecordsConfig = RecordsConfig()
     flows: Annotated[str, Field(min_length=1)] | None = None
     """Call flows file (config/flows.yaml), relative to this file; None: one default line."""
 
