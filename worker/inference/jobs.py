@@ -34,6 +34,7 @@ from worker.inference.scheduler import (
     Stage,
     make_scheduler,
 )
+from worker.inference.words import Word
 
 __all__ = [
     "AnyRunner",
@@ -41,6 +42,8 @@ __all__ = [
     "LlmJob",
     "LlmResult",
     "SttJob",
+    "SttResult",
+    "SttWords",
     "TtsAudio",
     "TtsJob",
     "execute_llm",
@@ -51,10 +54,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SttJob:
-    """Transcribe 16 kHz 16-bit PCM (converted in the engine thread, not on the loop)."""
+    """Transcribe 16 kHz 16-bit PCM (converted in the engine thread, not on the loop).
+
+    ``words``: also time each word (the result is then :class:`SttWords`, else the text).
+    """
 
     pcm: bytes
     language: str | None = None
+    words: bool = False
+
+
+@dataclass(frozen=True)
+class SttWords:
+    """The result of an :class:`SttJob` with ``words``: text and word timings (s from the
+    start of the job's audio)."""
+
+    text: str
+    words: tuple[Word, ...]
+
+
+SttResult: TypeAlias = str | SttWords
+"""What STT work returns: the text, or :class:`SttWords` for a job that asked for words."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +96,11 @@ class TtsJob:
     speed: float = 1.0
 
 
-def execute_stt(engine: SttEngine, job: SttJob, ctx: WorkContext) -> str:
-    return engine.transcribe(pcm16_to_float32(job.pcm), language=job.language)
+def execute_stt(engine: SttEngine, job: SttJob, ctx: WorkContext) -> SttResult:
+    audio = pcm16_to_float32(job.pcm)
+    if job.words:
+        return SttWords(*engine.transcribe_words(audio, language=job.language))
+    return engine.transcribe(audio, language=job.language)
 
 
 class _LlmExecutor:

@@ -65,6 +65,8 @@ class SttStart(_Msg):
     sample_rate: Literal[16000] = 16000
     language: str | None = Field(None, min_length=2, max_length=8)
     interim: bool = True
+    words: bool = False
+    """Every ``final`` carries word timings (``"words": [[text, start_s, end_s], ...]``)."""
 
 
 class Message(_Msg):

@@ -3,8 +3,9 @@
 Each adapter turns one scheduler batch into one engine step and reports one
 :class:`~worker.inference.scheduler.StepOutput` per request:
 
-- :class:`WhisperStep`: every utterance of the batch in one ``BatchedWhisper.transcribe_batch``
-  (short encoder windows, greedy); a request is done after its step.
+- :class:`WhisperStep`: every utterance of the batch in one ``BatchedWhisper.run_batch``
+  (short encoder windows, greedy; word timings for the jobs that ask); a request is done after
+  its step.
 - :class:`LlamaStep`: continuous batching on ``BatchedLlama``: new requests are added (their
   prompt is prefilled in chunks), every step is one ``llama_decode`` for exactly the batch's
   requests; the first clause end moves a request to ``llm_rest`` with the playout of its text
@@ -29,7 +30,7 @@ from worker.inference.engines.llama_batch import SamplingParams as BatchSampling
 from worker.inference.engines.stt import pcm16_to_float32
 from worker.inference.engines.tts import TtsEngine
 from worker.inference.engines.whisper_batch import BatchedWhisper
-from worker.inference.jobs import LlmResult, TtsAudio
+from worker.inference.jobs import LlmResult, SttJob, SttResult, SttWords, TtsAudio
 from worker.inference.scheduled import StepItem
 from worker.inference.scheduler import DeadlineConfig, Stage, StepOutput
 
@@ -44,18 +45,20 @@ def estimate_prompt_tokens(chars: int) -> float:
 
 
 class WhisperStep:
-    """STT: one ``transcribe_batch`` per step (payloads: :class:`~worker.inference.jobs.SttJob`)."""
+    """STT: one ``run_batch`` per step (payloads: :class:`~worker.inference.jobs.SttJob`;
+    results: the text, or :class:`~worker.inference.jobs.SttWords` for a job with ``words``)."""
 
     def __init__(self, engine: BatchedWhisper) -> None:
         self.engine = engine
-        self._results: dict[str, str] = {}
+        self._results: dict[str, SttResult] = {}
 
     def step(self, items: Sequence[StepItem[Any, Any]]) -> list[StepOutput]:
-        audios = [pcm16_to_float32(it.work.payload.pcm) for it in items]
-        texts = self.engine.transcribe_batch(audios)
+        jobs: list[SttJob] = [it.work.payload for it in items]
+        audios = [pcm16_to_float32(job.pcm) for job in jobs]
+        result = self.engine.run_batch(audios, words=[job.words for job in jobs])
         outs = []
-        for it, text in zip(items, texts, strict=True):
-            self._results[it.rid] = text
+        for it, job, t in zip(items, jobs, result.transcripts, strict=True):
+            self._results[it.rid] = SttWords(t.text, t.words) if job.words else t.text
             outs.append(StepOutput(it.rid, done=True))
         return outs
 

@@ -10,6 +10,9 @@ Clients stream all call audio, silence included, and flush only at the end of sp
 caller on hold can send minutes of audio without a flush. The buffer is a window: it keeps the
 newest ``limits.max_utterance_s`` of unflushed audio and drops the oldest (counted in
 ``voicestack_inference_stt_audio_dropped_seconds_total``, logged once per segment).
+
+A stream started with ``words`` gets word timings in each final (relative to that final's
+audio); only finals ask the engine for them, so interims cost what they always did.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from worker.inference.jobs import SttJob
+from worker.inference.jobs import SttJob, SttResult, SttWords
 from worker.inference.protocol import ErrorCode, StreamError, SttStart, parse_control
 from worker.inference.runtime import Overloaded, Work, WorkState
 from worker.inference.scheduler import Stage
@@ -29,6 +32,7 @@ from worker.inference.stream_io import (
     await_terminal,
     cancel_and_wait,
 )
+from worker.inference.words import Word, words_to_wire
 
 __all__ = ["run_stt_stream"]
 
@@ -60,9 +64,9 @@ class _SttStream:
         self.last_interim_at = 0.0
         self.interim_bytes = 0  # buffer length the last interim covered
         self.interim_task: asyncio.Task[None] | None = None
-        self.interim_work: Work[SttJob, str] | None = None
+        self.interim_work: Work[SttJob, SttResult] | None = None
         self.finals: asyncio.Queue[_Final | None] = asyncio.Queue(maxsize=_MAX_PENDING_FINALS)
-        self.final_work: Work[SttJob, str] | None = None
+        self.final_work: Work[SttJob, SttResult] | None = None
 
     # -- interims ---------------------------------------------------------------------------
     def maybe_interim(self) -> None:
@@ -90,13 +94,12 @@ class _SttStream:
         self.interim_work = work
         self.interim_task = asyncio.create_task(self._interim(work, self.segment, len(self.buffer)))
 
-    async def _interim(self, work: Work[SttJob, str], segment: int, nbytes: int) -> None:
+    async def _interim(self, work: Work[SttJob, SttResult], segment: int, nbytes: int) -> None:
         try:
             event = await work.wait()
             if event.state == WorkState.FINISHED and segment == self.segment:
-                await self.ctx.send_json(
-                    {"type": "interim", "text": event.result or "", "audio_ms": _ms(nbytes)}
-                )
+                text, _ = _text_and_words(event.result)
+                await self.ctx.send_json({"type": "interim", "text": text, "audio_ms": _ms(nbytes)})
             elif event.state == WorkState.FAILED:
                 log.warning("interim transcription failed: %s", event.error)
         except ClientGone:
@@ -129,10 +132,11 @@ class _SttStream:
     async def final_loop(self) -> None:
         while (item := await self.finals.get()) is not None:
             text = ""
+            words: tuple[Word, ...] = ()
             if item.pcm:
                 try:
                     work = self.ctx.engines.stt.submit(
-                        SttJob(item.pcm, self.start.language),
+                        SttJob(item.pcm, self.start.language, words=self.start.words),
                         stream_id=self.ctx.stream_id,
                         critical=True,
                         call_id=self.start.call_id,
@@ -148,15 +152,16 @@ class _SttStream:
                     event = await await_terminal(work, "stt")
                 finally:
                     self.final_work = None
-                text = event.result or ""
-            await self.ctx.send_json(
-                {
-                    "type": "final",
-                    "text": text,
-                    "audio_ms": _ms(len(item.pcm)),
-                    "segment": item.segment,
-                }
-            )
+                text, words = _text_and_words(event.result)
+            frame: dict[str, object] = {
+                "type": "final",
+                "text": text,
+                "audio_ms": _ms(len(item.pcm)),
+                "segment": item.segment,
+            }
+            if self.start.words:
+                frame["words"] = words_to_wire(words)
+            await self.ctx.send_json(frame)
             self.ctx.observe_stage("stt_final", item.flushed_at)
 
     # -- input ------------------------------------------------------------------------------
@@ -219,6 +224,12 @@ class _SttStream:
         for work in (self.interim_work, self.final_work):
             if work is not None:
                 work.cancel()
+
+
+def _text_and_words(result: SttResult | None) -> tuple[str, tuple[Word, ...]]:
+    if isinstance(result, SttWords):
+        return result.text, result.words
+    return result or "", ()
 
 
 def _ms(nbytes: int) -> int:

@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from worker.inference.words import Word
+
 __all__ = ["SttEngine", "pcm16_to_float32"]
 
 SAMPLE_RATE = 16_000
@@ -51,6 +53,36 @@ class SttEngine:
                 f"stt.language {language!r} is not supported by {model_dir} "
                 f"(supported: {', '.join(sorted(self.supported_languages))})"
             )
+
+    def transcribe_words(
+        self, audio: np.ndarray, language: str | None = None
+    ) -> tuple[str, tuple[Word, ...]]:
+        """Like :meth:`transcribe`, with word timings (s from the start of ``audio``) from
+        faster-whisper's ``word_timestamps`` (the same cross-attention alignment as the batched
+        engine's)."""
+        if audio.size == 0:
+            return "", ()
+        segments, _info = self._model.transcribe(
+            audio.astype(np.float32, copy=False),
+            language=language or self.language,
+            beam_size=1,
+            # Timestamp mode: with without_timestamps=True faster-whisper seeks to the last
+            # word's end and decodes the tail again (tiny.en then hallucinates a sentence).
+            word_timestamps=True,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        texts: list[str] = []
+        words: list[Word] = []
+        for seg in segments:  # lazy: decoding happens here, in the engine thread
+            texts.append(seg.text.strip())
+            words.extend(
+                Word(w.word.strip(), round(w.start, 3), round(w.end, 3))
+                for w in seg.words or ()
+                if w.word.strip()
+            )
+        return " ".join(t for t in texts if t).strip(), tuple(words)
 
     def transcribe(self, audio: np.ndarray, language: str | None = None) -> str:
         """Transcribe 16 kHz mono float32 audio; returns the text ('' for silence or no audio).

@@ -17,6 +17,10 @@ equals the same audio transcribed alone (tested). A caller decides what goes int
 a cancelled request is simply left out of the next one, so a step (tens of ms on CPU for short
 windows) is the unit of cancellation.
 
+Word timings are optional per item (``run_batch(..., words=[...])``): after decoding, the items
+that ask for them get one ``Whisper.align`` call on the encoder output already computed (see
+:mod:`~worker.inference.engines.whisper_words`); the other items never pay for it.
+
 Not thread-safe by design: one engine thread owns the model and is the only caller.
 """
 
@@ -27,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -47,9 +51,11 @@ from worker.inference.engines.whisper_features import (
     check_audio,
     log_mel,
 )
+from worker.inference.engines.whisper_words import words_from_alignment
+from worker.inference.words import Word
 from worker.models import ModelNotFoundError
 
-__all__ = ["BatchResult", "BatchedWhisper", "GroupTiming", "Transcript"]
+__all__ = ["BatchResult", "BatchedWhisper", "GroupTiming", "Transcript", "Word"]
 
 # Whisper's decoder context (prompt included), as in faster-whisper.
 _MAX_DECODER_LENGTH = 448
@@ -70,6 +76,8 @@ _TAIL_POSITIONS = 100
 # low average log-probability together.
 _NO_SPEECH_THRESHOLD = 0.6
 _LOG_PROB_THRESHOLD = -1.0
+# faster-whisper's (and openai-whisper's) median filter over the alignment heads' attention.
+_ALIGN_FILTER_WIDTH = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,8 @@ class Transcript:
     no_speech_prob: float
     avg_logprob: float
     token_ids: tuple[int, ...]
+    words: tuple[Word, ...] = ()
+    """Word timings (s from the start of the item's audio); only for items that asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,8 @@ class GroupTiming:
     features_s: float
     encode_s: float
     decode_s: float
+    align_s: float = 0.0
+    """Word alignment of the group's items that asked for words (0.0 when none did)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +203,19 @@ class BatchedWhisper:
         """
         return [t.text for t in self.run_batch(audios).transcripts]
 
-    def run_batch(self, audios: Sequence[np.ndarray]) -> BatchResult:
-        """Like :meth:`transcribe_batch`, with per-item details and per-group timings."""
+    def run_batch(
+        self, audios: Sequence[np.ndarray], words: Sequence[bool] | None = None
+    ) -> BatchResult:
+        """Like :meth:`transcribe_batch`, with per-item details and per-group timings.
+
+        ``words[i]`` asks for item ``i``'s word timings (:attr:`Transcript.words`); texts are
+        the same either way (alignment runs after decoding, on the same encoder output).
+        """
         self._check_caller()
         checked = [check_audio(audio, i) for i, audio in enumerate(audios)]
+        flags = [False] * len(checked) if words is None else [bool(w) for w in words]
+        if len(flags) != len(checked):
+            raise ValueError(f"{len(flags)} words flags for {len(checked)} audios")
         results: list[Transcript | None] = [None] * len(checked)
         groups: dict[int, list[int]] = {}
         for i, samples in enumerate(checked):
@@ -204,7 +225,9 @@ class BatchedWhisper:
                 groups.setdefault(self.window.window_samples(samples.size), []).append(i)
         timings: list[GroupTiming] = []
         for window_samples, indices in sorted(groups.items()):
-            transcripts, timing = self._run_group(window_samples, [checked[i] for i in indices])
+            transcripts, timing = self._run_group(
+                window_samples, [checked[i] for i in indices], [flags[i] for i in indices]
+            )
             timings.append(timing)
             for i, transcript in zip(indices, transcripts, strict=True):
                 results[i] = transcript
@@ -213,7 +236,7 @@ class BatchedWhisper:
         return BatchResult(done, timings)
 
     def _run_group(
-        self, window_samples: int, items: list[np.ndarray]
+        self, window_samples: int, items: list[np.ndarray], words: list[bool]
     ) -> tuple[list[Transcript], GroupTiming]:
         window_s = window_samples / SAMPLE_RATE
         t0 = time.perf_counter()
@@ -222,7 +245,8 @@ class BatchedWhisper:
         t1 = time.perf_counter()
         encoded = self._model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
-            to_cpu=self._silence_tail is not None,
+            # Host output when it gets a silence tail, or when align() may need a subset of it.
+            to_cpu=self._silence_tail is not None or any(words),
         )
         if self._silence_tail is not None:
             encoded = self._append_silence(encoded)
@@ -244,8 +268,52 @@ class BatchedWhisper:
         )
         t3 = time.perf_counter()
         transcripts = [self._to_transcript(out, window_s) for out in outputs]
-        timing = GroupTiming(window_s, len(items), t1 - t0, t2 - t1, t3 - t2)
+        align_s = 0.0
+        if any(words):
+            t4 = time.perf_counter()
+            transcripts = self._add_words(encoded, items, words, transcripts)
+            align_s = time.perf_counter() - t4
+        timing = GroupTiming(window_s, len(items), t1 - t0, t2 - t1, t3 - t2, align_s)
         return transcripts, timing
+
+    def _add_words(
+        self,
+        encoded: ctranslate2.StorageView,
+        items: list[np.ndarray],
+        words: list[bool],
+        transcripts: list[Transcript],
+    ) -> list[Transcript]:
+        """Align the items that asked for words and have text; the others are returned as is."""
+        chosen = [
+            i for i, (want, t) in enumerate(zip(words, transcripts, strict=True)) if want and t.text
+        ]
+        if not chosen:
+            return transcripts
+        features = encoded
+        if len(chosen) < len(items):
+            # align() takes the whole batch it is given: hand it only the chosen rows (the
+            # encoder output is on the host whenever an item wants words, see _run_group).
+            host = np.asarray(encoded)
+            features = ctranslate2.StorageView.from_array(np.ascontiguousarray(host[chosen]))
+        eot = self._tokenizer.eot
+        texts = [[tok for tok in transcripts[i].token_ids if tok < eot] for i in chosen]
+        # num_frames is the item's own audio, not its padded window nor the silence tail:
+        # the alignment path must end where the speech can end.
+        frames = [max(1, items[i].size // HOP_LENGTH) for i in chosen]
+        results = self._model.align(
+            features,
+            self._tokenizer.sot_sequence,
+            texts,
+            frames,
+            median_filter_width=_ALIGN_FILTER_WIDTH,
+        )
+        out = list(transcripts)
+        for i, tokens, result in zip(chosen, texts, results, strict=True):
+            timed = words_from_alignment(
+                self._tokenizer, tokens, result.alignments, items[i].size / SAMPLE_RATE
+            )
+            out[i] = replace(transcripts[i], words=timed)
+        return out
 
     def _append_silence(self, encoded: ctranslate2.StorageView) -> ctranslate2.StorageView:
         # The tail is appended on the host: CTranslate2 has no concatenation op, and generate()
