@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.bench.cli",
     "worker.bench.loadtest_cli",
     "worker.inference.scheduler.sim_cli",
+    "worker.records.cli",
+    "worker.console.cli",
 )
 
 

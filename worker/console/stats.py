@@ -1,0 +1,48 @@
+"""Per-stage latency at a glance: p50/p95 over the last agent replies the console has seen."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+__all__ = ["STAGES", "LatencyStats", "percentile"]
+
+STAGES: tuple[str, ...] = ("end_of_utterance", "stt", "llm_ttft", "tts_ttfb", "e2e")
+"""The stages of an agent reply, as ``agent_turn`` events and records name them."""
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` (0..1) quantile by nearest rank, or None without values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class LatencyStats:
+    """The latency of the last ``window`` agent replies."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._turns: deque[dict[str, float]] = deque(maxlen=window)
+
+    def add(self, latency: Mapping[str, object] | None) -> None:
+        """Count one reply's per-stage seconds (unknown stages and bad values are ignored)."""
+        if not isinstance(latency, Mapping):
+            return
+        clean = {}
+        for stage in STAGES:
+            value = latency.get(stage)
+            if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+                clean[stage] = float(value)
+        if clean:
+            self._turns.append(clean)
+
+    def summary(self) -> dict[str, object]:
+        """``{"turns": n, "stages": {stage: {"p50": s, "p95": s}}}`` (None where unknown)."""
+        stages: dict[str, dict[str, float | None]] = {}
+        for stage in STAGES:
+            values = [t[stage] for t in self._turns if stage in t]
+            stages[stage] = {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95)}
+        return {"turns": len(self._turns), "stages": stages}
