@@ -5,7 +5,7 @@ whose flows file defines three lines on three numbers):
 - ``+15550100`` (``support``): a keypad menu (1: opening hours, 2: a 6-digit order number,
   0: a person) and transfers to the human's desk phone (a baresip UA that answers itself);
 - ``+15550102`` (``sales``): its own greeting; its transfer target is a port nobody listens on,
-  so every transfer fails;
+  so every transfer fails; it records its calls;
 - ``+15550103`` (``after-hours``): never open: the closed message, then a hang-up.
 
 The shipped trunk is provisioned with those numbers for the package and restored after.
@@ -14,6 +14,7 @@ The shipped trunk is provisioned with those numbers for the package and restored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,8 @@ from worker.caller.transcribe import transcribe_speech
 from worker.caller.utterances import speak_espeak
 from worker.config.loader import parse_model
 from worker.config.telephony import TelephonyConfig
+from worker.records.record import CallRecord
+from worker.records.store import RecordStore, StoreError
 from worker.stack.loopback import LoopbackStack
 from worker.stack.render import project_root
 from worker.stack.supervisor import BackgroundSupervisor
@@ -63,6 +66,22 @@ class LineStack:
 
     def agent_log(self) -> str:
         return (self.run_dir / "agent.log").read_text(errors="replace")
+
+    async def record(self, call_id: str, limit_s: float = 20.0) -> CallRecord:
+        """The call's record once the agent's writer has put it in this stack's store."""
+        store = RecordStore(f"sqlite:///{self.run_dir / 'records' / 'records.db'}")
+        try:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + limit_s
+            while loop.time() < until:
+                with contextlib.suppress(StoreError):  # not created until the first write
+                    record = await asyncio.to_thread(store.get, call_id)
+                    if record is not None:
+                        return record
+                await asyncio.sleep(0.3)
+        finally:
+            store.close()
+        raise AssertionError(f"no record of call {call_id} within {limit_s:g} s")
 
 
 def flows_for(human_port: int, dead_port: int) -> dict[str, object]:
@@ -98,6 +117,7 @@ def flows_for(human_port: int, dead_port: int) -> dict[str, object]:
                 "numbers": [SALES],
                 "greeting": SALES_GREETING,
                 "transfer": {"target": "nowhere", "key": "0", "ringing_timeout_s": 5},
+                "records": {"recording": True},  # this line records its calls
             },
             {
                 "name": "after-hours",
@@ -112,6 +132,14 @@ def agent_config(dest: Path, flows: Path) -> Path:
     data = yaml.safe_load((project_root() / "config" / "agent.yaml").read_text())
     data["flows"] = str(flows)
     data["worker"]["log_transcripts"] = True  # the digits and notes are what the tests read
+    # This stack's own records store and spool (default redaction: the logs show "[dtmf]").
+    records = dest / "records"
+    data["records"] = {
+        "store_url": f"sqlite:///{records / 'records.db'}",
+        "spool_dir": str(records / "spool"),
+        "recordings_dir": str(records / "audio"),
+        "flush_interval_s": 0.5,
+    }
     path = dest / "agent.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -78,7 +78,7 @@ def _control(sip: FakeSip) -> tuple[CallControl, FakeCtx, FakeSession]:
     ctx, session = FakeCtx(sip), FakeSession()
     notes: list[str] = []
 
-    async def note(text: str) -> None:
+    async def note(text: str, digits: str = "") -> None:
         notes.append(text)
 
     control = CallControl(
@@ -187,7 +187,7 @@ async def test_keys_and_digits_are_masked_in_the_log_by_default(
     )
     notes: list[str] = []
 
-    async def note(text: str) -> None:
+    async def note(text: str, digits: str = "") -> None:
         notes.append(text)
 
     control = CallControl(

@@ -60,19 +60,36 @@ def test_keypad_menu_branch_barge_in_and_order_number(
             await phone.press("2")
             prompt_end = await quiet_after(phone, asked_at + 0.3, 1.0, 20)
             prompt = await heard_text(line_stack, phone, asked_at, prompt_end + 0.3)
-            assert "order number" in prompt, prompt
+            # (its last word may come after a pause: the first TTS chunk ends at "order")
+            assert "type your" in prompt and "order" in prompt, prompt
             await phone.press("123456")
+            # Typed digits are personal data: the log shows them redacted (records.redact).
             await log_has(
-                line_stack, rf"call {room} event digits_collected name=order digits=123456", 15
+                line_stack, rf"call {room} event digits_collected name=order digits=\[dtmf\]", 15
             )
             await log_has(
                 line_stack,
                 rf"call {room}: context note: The caller entered their order number on the "
-                r"keypad: 123456\.",
+                r"keypad: \[dtmf\]\.",
                 5,
             )
             await phone.hang_up()
             await phone.wait_event("CALL_CLOSED", 10)
+
+            # The call's record: line, outcome, turns with timings, the keys, all redacted.
+            record = await line_stack.record(room)
+            assert record.flow == "support" and record.called == SUPPORT
+            assert record.direction == "inbound" and record.outcome == "completed"
+            assert record.ended_by == "caller" and record.ended_at is not None
+            agent_said = " ".join(t.text for t in record.turns if t.role == "agent").lower()
+            assert "northwind support" in agent_said, agent_said
+            kinds = [e.kind for e in record.events]
+            assert "barge_in" in kinds and "digits_collected" in kinds, kinds
+            collected = next(e for e in record.events if e.kind == "digits_collected")
+            assert collected.detail["digits"] == "[dtmf]", collected
+            assert all(e.detail.get("digit") == "[dtmf]" for e in record.events if e.kind == "dtmf")
+            assert "123456" not in record.model_dump_json()
+            assert "123456" not in line_stack.agent_log()
         assert greeting < 10
 
     asyncio.run(run())

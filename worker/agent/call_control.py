@@ -40,7 +40,7 @@ from worker.agent.intents import asks_for_person, says_goodbye
 from worker.agent.keypad import Collected, Keypad, KeypadAction, Say, Transfer
 from worker.config.flows import Flow, FlowsConfig
 
-__all__ = ["CallControl", "TransferRefused", "call_event", "dtmf_code"]
+__all__ = ["CallControl", "TransferRefused", "call_event", "dtmf_code", "observe_call_events"]
 
 logger = logging.getLogger("voicestack.agent")
 
@@ -59,10 +59,29 @@ class TransferRefused(ValueError):
     """A transfer target that is not in the allowlist."""
 
 
-def call_event(call_id: str, kind: str, **fields: object) -> None:
-    """Log one call event in the one format tests and operators grep for."""
+EventSink = Callable[[str, dict[str, object]], None]
+_sinks: dict[str, EventSink] = {}
+
+
+def observe_call_events(call_id: str, sink: EventSink | None) -> None:
+    """Send every event of ``call_id`` to ``sink`` too (the call's record); None stops."""
+    if sink is None:
+        _sinks.pop(call_id, None)
+    else:
+        _sinks[call_id] = sink
+
+
+def call_event(
+    call_id: str, kind: str, *, personal: dict[str, object] | None = None, **fields: object
+) -> None:
+    """Log one call event in the one format tests and operators grep for. ``personal``: the
+    unmasked values of fields the log shows masked; only the call's record sees them (and
+    redacts them by its own rules)."""
     detail = " ".join(f"{k}={v}" for k, v in fields.items())
     logger.info("call %s event %s%s", call_id, kind, f" {detail}" if detail else "")
+    sink = _sinks.get(call_id)
+    if sink is not None:
+        sink(kind, {**fields, **(personal or {})})
 
 
 def dtmf_code(digit: str) -> int:
@@ -85,8 +104,10 @@ class CallControl:
         *,
         call_id: str,
         caller: Callable[[], rtc.RemoteParticipant | None],
-        on_note: Callable[[str], Awaitable[None]],
+        on_note: Callable[[str, str], Awaitable[None]],
         log_personal: bool = False,
+        redact_digits: Callable[[str], str] = str,
+        redact_text: Callable[[str], str] = str,
         hang_up_tail_s: float = _HANG_UP_TAIL_S,
     ) -> None:
         self._ctx = ctx
@@ -99,6 +120,9 @@ class CallControl:
         # What callers say and type (account numbers) is personal data: logged only when the
         # operator turned worker.log_transcripts on.
         self._log_personal = log_personal
+        # ... and even then through the line's redaction (records.redact: dtmf, card, ...).
+        self._redact_digits = redact_digits
+        self._redact_text = redact_text
         self.keypad = Keypad(flow)
         self._tail_s = hang_up_tail_s
         self._busy = False  # a transfer or hang-up is under way: ignore further triggers
@@ -110,7 +134,8 @@ class CallControl:
 
     def on_dtmf(self, digit: str) -> None:
         """A key from the caller (room event); acts at once, interrupting the agent."""
-        call_event(self._call_id, "dtmf", digit=digit if self._log_personal else "*")
+        shown = self._redact_digits(digit) if self._log_personal else "*"
+        call_event(self._call_id, "dtmf", digit=shown, personal={"digit": digit})
         if self._busy:
             return
         actions = self.keypad.press(digit, time.monotonic())
@@ -128,7 +153,7 @@ class CallControl:
         """Called with each final caller turn before the model answers; True when call
         control takes the turn (a transfer or a goodbye), so the model must not answer."""
         if self._log_personal:
-            logger.info("call %s: caller turn: %s", self._call_id, transcript)
+            logger.info("call %s: caller turn: %s", self._call_id, self._redact_text(transcript))
         if self._busy:
             return True
         transfer = self.flow.transfer
@@ -266,10 +291,20 @@ class CallControl:
                 call_event(self._call_id, "transfer_requested", by="key", key=action.key)
                 await self.transfer("the caller pressed the transfer key")
             elif isinstance(action, Collected):
-                shown = action.digits if self._log_personal else f"<{len(action.digits)} digits>"
-                call_event(self._call_id, "digits_collected", name=action.name, digits=shown)
+                if self._log_personal:
+                    shown = self._redact_digits(action.digits)
+                else:
+                    shown = f"<{len(action.digits)} digits>"
+                call_event(
+                    self._call_id,
+                    "digits_collected",
+                    name=action.name,
+                    digits=shown,
+                    personal={"digits": action.digits},
+                )
                 await self._on_note(
-                    f"The caller entered their {action.label} on the keypad: {action.digits}."
+                    f"The caller entered their {action.label} on the keypad: {action.digits}.",
+                    action.digits,
                 )
                 await self._say(action.confirm)
 

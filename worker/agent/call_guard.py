@@ -67,13 +67,16 @@ class CallGuard:
         inference_url: str,
         end_call: CallEnder,
         probe: Callable[[str], Awaitable[bool]] = server_ready,
+        observer: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
+        """``observer(kind, detail)`` hears each ``fault`` and ``fallback`` (the call record)."""
         self._session = session
         self._announcer = announcer
         self._cfg = cfg
         self._url = inference_url
         self._end_call = end_call
         self._probe = probe
+        self._observer = observer
         self.state = GuardState.NORMAL
         self.faults = 0
         self.log: list[str] = []
@@ -91,6 +94,8 @@ class CallGuard:
         fault_metrics().faults.labels(source=_plugin(ev.source)).inc()
         self.state = GuardState.HOLDING
         self.log.append(f"fault {self.faults}: {source}: {err}")
+        self._observe("fault", source=source, error=str(err)[:300])
+        self._observe("fallback", action="hold")
         log.warning(
             "call fault %d (%s): %s; the caller hears the hold message", self.faults, source, err
         )
@@ -102,6 +107,7 @@ class CallGuard:
             return
         self.state = GuardState.ENDING
         self.log.append(f"ending: {reason}")
+        self._observe("fallback", action="end", reason=reason)
         outcome = "transferred" if self._cfg.transfer_to else "ended"
         fault_metrics().outcomes.labels(outcome=outcome).inc()
         with contextlib.suppress(RuntimeError):
@@ -124,6 +130,7 @@ class CallGuard:
             ready = await self._wait_ready(time.monotonic() + self._cfg.recovery_timeout_s)
             if ready:
                 self.log.append("recovered")
+                self._observe("fallback", action="recovered")
                 fault_metrics().outcomes.labels(outcome="recovered").inc()
                 log.info("inference server serves again: the call continues")
                 self.state = GuardState.NORMAL
@@ -159,6 +166,10 @@ class CallGuard:
                 await asyncio.wait_for(speaking.wait(), limit_s)
         finally:
             self._session.off("agent_state_changed", _on_state)
+
+    def _observe(self, kind: str, **detail: object) -> None:
+        if self._observer is not None:
+            self._observer(kind, detail)
 
     async def _hold(self) -> None:
         """``hold`` at once, then hold music, and ``still_holding`` every ``hold_repeat_s``:

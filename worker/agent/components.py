@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.config.agent import load_agent_config
+from worker.config.records import LIVE_URL_ENV
 from worker.config.stack import Profile
 from worker.offline import OFFLINE_ENV
 from worker.stack.plan import COMPONENT_BUILDERS, PlanContext, voicestack_argv
@@ -24,6 +25,7 @@ __all__ = [
     "agent_spec",
     "inference_spec",
     "inference_url",
+    "redis_env",
     "register_components",
     "voice_specs",
 ]
@@ -129,6 +131,7 @@ def agent_spec(
             **OFFLINE_ENV,
             "OMP_NUM_THREADS": "1",
             "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0",
+            **redis_env(stack),
         },
         # Ready only once registered with LiveKit: a call dispatched earlier would be lost.
         health=HealthCheck("http", "127.0.0.1", port, "/readyz"),
@@ -136,6 +139,12 @@ def agent_spec(
         stop_timeout_s=drain_timeout_s,
         ports=tuple(ports),
     )
+
+
+def redis_env(stack: RenderedStack) -> dict[str, str]:
+    """Live call events go over the stack's own Redis (``records.live_url`` otherwise)."""
+    address = stack.env.get("REDIS_ADDRESS")
+    return {LIVE_URL_ENV: f"redis://{address}/0"} if address else {}
 
 
 def voice_specs(

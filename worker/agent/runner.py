@@ -75,6 +75,9 @@ def build_server(
         num_idle_processes=cfg.worker.num_idle_processes,
         drain_timeout=cfg.worker.drain_timeout_s,
         initialize_process_timeout=cfg.worker.initialize_process_timeout_s,
+        # A call's last step keeps its record: the recording's redaction asks the inference
+        # server for word timings (worker.agent.call_recording); 10 s (the default) is tight.
+        shutdown_process_timeout=SHUTDOWN_PROCESS_TIMEOUT_S,
         setup_fnc=prewarm,
         host=cfg.worker.http_host,
         port=cfg.worker.http_port,
@@ -83,6 +86,9 @@ def build_server(
     server.rtc_session(entrypoint, agent_name=cfg.worker.agent_name)
     return server
 
+
+SHUTDOWN_PROCESS_TIMEOUT_S = 30.0
+"""How long a call's process may take to end after its call (record and recording kept)."""
 
 END_CALLS_TIMEOUT_S = 20.0
 """How long a worker that must exit waits for its jobs to say goodbye and hang up."""
@@ -151,6 +157,7 @@ async def serve(
     """
     from worker.agent.announcements import ensure_rendered
     from worker.agent.watchdog import HelperWatch, JobWatchdog, end_live_calls
+    from worker.records.writer import RecordWriter
 
     # Fallback audio first: no call may be taken without it (it plays when inference cannot).
     await ensure_rendered(cfg, inference_url)
@@ -166,6 +173,12 @@ async def serve(
         helpers.snapshot()
 
     server.on("worker_registered", _registered)
+    # The one owner of the records store on this host: the calls' processes spool records,
+    # this thread moves them to the store whenever it is reachable, and runs retention.
+    records = cfg.records.resolved(os.environ)
+    writer = RecordWriter(records) if records.enabled else None
+    if writer is not None:
+        writer.start()
     runner: web.AppRunner | None = None
     if ready_port is not None:
         runner = web.AppRunner(readiness.app(), access_log=None)
@@ -212,6 +225,8 @@ async def serve(
         await asyncio.gather(run_task, stop_task, helper_task, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
+        if writer is not None:
+            await asyncio.to_thread(writer.stop)
     return status
 
 

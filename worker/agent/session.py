@@ -18,16 +18,15 @@ import asyncio
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any, TypedDict
 
 from livekit import rtc
 from livekit.agents import (
-    Agent,
     AgentFalseInterruptionEvent,
     AgentSession,
     APIConnectOptions,
     AutoSubscribe,
-    ChatContext,
     ChatMessage,
     CloseEvent,
     ConversationItemAddedEvent,
@@ -35,12 +34,12 @@ from livekit.agents import (
     JobProcess,
     UserStateChangedEvent,
 )
-from livekit.agents.llm import StopResponse
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import silero
 
 from worker.agent.announcements import Announcements, Announcer, load_announcements
 from worker.agent.backchannel import OverlapFilter
+from worker.agent.call_archive import CallArchive
 from worker.agent.call_control import CallControl, call_event
 from worker.agent.call_guard import CallGuard
 from worker.agent.end_of_turn import TranscriptEndOfTurn
@@ -54,14 +53,16 @@ from worker.agent.plugins import InferenceLLM, InferenceSTT, InferenceTTS
 from worker.agent.plugins._client import StreamDeadlines, get_json
 from worker.agent.plugins.llm_prefill import prefill_call
 from worker.agent.turn_metrics import TurnMetricsLog
+from worker.agent.voice_agent import VoiceAgent
 from worker.agent.watchdog import END_CALL_SIGNAL
 from worker.config.agent import AgentConfig, FallbackConfig, load_agent_config, load_call_flows
 from worker.config.flows import FlowsConfig
+from worker.records.caller_key import load_secret
+from worker.records.spool import Spool
 
 __all__ = [
     "CONFIG_ENV",
     "INFERENCE_URL_ENV",
-    "VoiceAgent",
     "entrypoint",
     "prewarm",
     "turn_handling",
@@ -77,6 +78,8 @@ CALLED_NUMBER_ATTR = "sip.trunkPhoneNumber"
 """The SIP participant attribute with the number the caller dialled (picks the flow)."""
 CALL_STATUS_ATTR = "sip.callStatus"
 """dialing / ringing / active / hangup (livekit-sip)."""
+CALLER_NUMBER_ATTR = "sip.phoneNumber"
+"""The remote party's number: the caller's (inbound) or the callee's (outbound)."""
 _CALLER_WAIT_S = 10.0
 _ANSWER_WAIT_S = 330.0  # above the longest ringing timeout an outbound trunk may set
 
@@ -99,52 +102,19 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["inference_url"] = url
     # Rendered by the worker before it registered (worker.agent.runner): no job runs without.
     proc.userdata["announcements"] = load_announcements(cfg)
+    records = cfg.records.resolved(os.environ)
+    proc.userdata["records"] = records
+    if records.enabled:
+        proc.userdata["spool"] = Spool(
+            Path(records.spool_dir), max_bytes=records.spool_max_mb * 1024 * 1024
+        )
+        proc.userdata["caller_secret"] = load_secret(records)
     proc.userdata["vad"] = silero.VAD.load(
         activation_threshold=cfg.turn.vad_activation_threshold,
         min_silence_duration=cfg.turn.vad_min_silence_s,
         min_speech_duration=cfg.turn.vad_min_speech_s,
         force_cpu=True,
     )
-
-
-class VoiceAgent(Agent):
-    """The persona on the call's line: its instructions, then its greeting as soon as the
-    session starts (outside business hours: the flow's closed message instead) and the
-    flow's menu. In a job that took over a call whose agent died it apologises with the
-    pre-rendered ``recovered`` message (the caller already heard the greeting). Call control
-    sees every final caller turn first."""
-
-    def __init__(
-        self,
-        instructions: str,
-        greeting: str,
-        menu_prompt: str | None,
-        announcer: Announcer,
-        control: CallControl,
-        *,
-        recovered: bool,
-    ) -> None:
-        super().__init__(instructions=instructions)
-        self._greeting = greeting
-        self._menu_prompt = menu_prompt
-        self._announcer = announcer
-        self._control = control
-        self._recovered = recovered
-
-    async def on_enter(self) -> None:
-        if self._recovered:
-            await self._announcer.play("recovered")
-            return
-        if not await self._control.open_line():
-            return
-        # The greeting is not interruptible: line noise at call setup must not cut it off.
-        self.session.say(self._greeting, allow_interruptions=False)
-        if self._menu_prompt:
-            self.session.say(self._menu_prompt)
-
-    async def on_user_turn_completed(self, turn_ctx: ChatContext, new_message: ChatMessage) -> None:
-        if self._control.intercept(new_message.text_content or ""):
-            raise StopResponse()  # a transfer or a goodbye: the model does not answer
 
 
 def connect_options(cfg: AgentConfig) -> SessionConnectOptions:
@@ -231,6 +201,14 @@ async def entrypoint(ctx: JobContext) -> None:
     recovered = RECOVERY_METADATA_KEY in metadata
     outbound = OutboundContext.from_metadata(metadata)
     announcer = Announcer(ctx.room, announcements)
+    archive = CallArchive(
+        call_id,
+        ctx.proc.userdata,
+        direction="outbound" if outbound is not None else "inbound",
+        inference_url=url,
+    )
+    recorder = archive.recorder
+    _keep_record = archive.keep
 
     flows: FlowsConfig = ctx.proc.userdata["flows"]
     control: CallControl | None = None  # set once the caller's line (flow) is known
@@ -244,6 +222,7 @@ async def entrypoint(ctx: JobContext) -> None:
             if await control.transfer(reason, target=target, say=False):
                 return
             await announcer.play("goodbye")
+        recorder.finish("failed", ended_by="system", detail=reason)
         logger.warning("ending call %s: %s", call_id, reason)
         await ctx.delete_room()
         ctx.shutdown(reason=reason)  # a no-op when the job is already shutting down
@@ -256,14 +235,17 @@ async def entrypoint(ctx: JobContext) -> None:
     ):
         # Beyond capacity: never answer into silence, never let it ring for nothing.
         fault_metrics().refused.labels(action=overload).inc()
+        recorder.finish("refused", ended_by="system", detail=f"at capacity: {overload}")
         if overload == "reject":
             logger.warning("call %s refused: the inference server is at capacity", call_id)
+            await _keep_record()
             await ctx.delete_room()
             ctx.shutdown(reason="at capacity: rejected")
             return
         await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
         logger.warning("call %s: inference server at capacity; playing the busy message", call_id)
         await announcer.play("busy")
+        await _keep_record()
         await ctx.delete_room()  # the message says "call again": hang up, no transfer
         ctx.shutdown(reason="at capacity: busy message played")
         return
@@ -303,7 +285,14 @@ async def entrypoint(ctx: JobContext) -> None:
         user_away_timeout=None,
         conn_options=connect_options(cfg),
     )
-    guard = CallGuard(session, announcer, cfg.fallback, inference_url=url, end_call=_end_call)
+    guard = CallGuard(
+        session,
+        announcer,
+        cfg.fallback,
+        inference_url=url,
+        end_call=_end_call,
+        observer=recorder.event,
+    )
 
     async def _on_shutdown(reason: str) -> None:
         # The job ends while the caller is still on the line (the worker restarts after losing
@@ -325,6 +314,7 @@ async def entrypoint(ctx: JobContext) -> None:
             announcer.aclose(),
             return_exceptions=True,
         )
+        await _keep_record()
 
     ctx.add_shutdown_callback(_on_shutdown)
 
@@ -339,7 +329,9 @@ async def entrypoint(ctx: JobContext) -> None:
         asyncio.get_running_loop().add_signal_handler(END_CALL_SIGNAL, _worker_going_away)
     except (NotImplementedError, RuntimeError, ValueError) as err:  # not the main thread
         logger.warning("cannot end calls on the worker's signal: %s", err)
-    metrics = TurnMetricsLog(call_id, log_transcripts=cfg.worker.log_transcripts)
+    metrics = TurnMetricsLog(
+        call_id, log_transcripts=cfg.worker.log_transcripts, redact=recorder.redact
+    )
     warming: set[asyncio.Task[bool]] = set()
 
     def _prefill() -> None:
@@ -360,8 +352,17 @@ async def entrypoint(ctx: JobContext) -> None:
         if item.role == "assistant" and item.interrupted:
             # livekit-agents keeps only the part the caller heard in the history.
             logger.info("call %s: answer interrupted; the history keeps what was heard", call_id)
-        metrics.on_message(item.role, item.text_content or "", dict(item.metrics or {}))
-        if item.role == "assistant":
+        text = item.text_content or ""
+        turn = metrics.on_message(item.role, text, dict(item.metrics or {}))
+        if item.role == "user":
+            recorder.caller_turn(text)
+        elif item.role == "assistant":
+            latency = {**turn.stages(), "e2e": turn.e2e} if turn is not None else {}
+            recorder.agent_turn(
+                text,
+                interrupted=bool(item.interrupted),
+                latency={k: v for k, v in latency.items() if v is not None},
+            )
             _prefill()
 
     @session.on("user_state_changed")
@@ -396,6 +397,7 @@ async def entrypoint(ctx: JobContext) -> None:
             if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
         ]
         if not humans:
+            recorder.finish("completed", ended_by="caller", detail="the caller hung up")
             logger.info("caller %s left: ending job %s", participant.identity, ctx.job.id)
             ctx.shutdown(reason="caller hung up")
 
@@ -410,6 +412,8 @@ async def entrypoint(ctx: JobContext) -> None:
         called: str | None = outbound.number
         if caller is None or not await _wait_answered(caller):
             logger.info("outbound call %s to %s was not answered", call_id, called)
+            recorder.finish("unanswered", ended_by="system", detail="not answered")
+            await _keep_record()
             await ctx.delete_room()
             ctx.shutdown(reason="outbound call not answered")
             return
@@ -419,9 +423,18 @@ async def entrypoint(ctx: JobContext) -> None:
     if flow is None:
         # No line answers this number (the flows file has no default): not our call.
         logger.error("call %s to %s: no flow answers this number; hanging up", call_id, called)
+        recorder.finish("failed", ended_by="system", detail="no flow answers the called number")
+        await _keep_record()
         await ctx.delete_room()
         ctx.shutdown(reason="no flow for the called number")
         return
+    remote = caller.attributes.get(CALLER_NUMBER_ATTR) if caller is not None else None
+    line_records = archive.line(
+        flow.name,
+        flow.records,
+        called=called,
+        caller=(outbound.number if outbound is not None else remote) or None,
+    )
     call_event(
         call_id,
         "line",
@@ -430,13 +443,15 @@ async def entrypoint(ctx: JobContext) -> None:
         direction="outbound" if outbound is not None else "inbound",
     )
 
-    async def _note(text: str) -> None:
+    async def _note(text: str, digits: str = "") -> None:
         agent = session.current_agent
         chat = agent.chat_ctx.copy()
         chat.add_message(role="system", content=text)
         await agent.update_chat_ctx(chat)
         if cfg.worker.log_transcripts:
-            logger.info("call %s: context note: %s", call_id, text)
+            if digits:
+                text = text.replace(digits, recorder.redactor.redact_digits(digits))
+            logger.info("call %s: context note: %s", call_id, recorder.redact(text))
 
     control = CallControl(
         ctx,
@@ -447,7 +462,10 @@ async def entrypoint(ctx: JobContext) -> None:
         caller=lambda: _caller(ctx.room),
         on_note=_note,
         log_personal=cfg.worker.log_transcripts,
+        redact_digits=lambda digits: recorder.redactor.redact_digits(digits),
+        redact_text=recorder.redact,
     )
+    archive.follow(session, control)
 
     @ctx.room.on("sip_dtmf_received")
     def _on_dtmf(ev: rtc.SipDTMF) -> None:
@@ -465,12 +483,13 @@ async def entrypoint(ctx: JobContext) -> None:
     await announcer.start()
     await session.start(
         agent=VoiceAgent(
-            instructions, greeting, menu_prompt, announcer, control, recovered=recovered
+            instructions, greeting, menu_prompt, announcer, control, recorder, recovered=recovered
         ),
         room=ctx.room,
         record=False,
     )
     _prefill()  # the system prompt, while the greeting plays
+    await archive.record_audio(session, line_records)
     logger.info(
         "session started for call %s (inference at %s%s)",
         call_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -158,6 +159,7 @@ class TurnMetricsLog:
         recorder: TurnMetricsRecorder | None = None,
         *,
         log_transcripts: bool = False,
+        redact: Callable[[str], str] = str,
     ) -> None:
         """``log_transcripts``: put what the caller and the agent said on the log record too
         (``worker.log_transcripts``; off by default: callers' words are personal data and a
@@ -165,6 +167,7 @@ class TurnMetricsLog:
         self.call_id = call_id
         self._recorder = recorder
         self._log_transcripts = log_transcripts
+        self._redact = redact  # even logged transcripts go through the line's PII redaction
         self.turns: list[TurnMetrics] = []
         self._pending: TurnMetrics | None = None
         self._user_turns = 0
@@ -201,7 +204,9 @@ class TurnMetricsLog:
 
     def _record_fields(self, turn: TurnMetrics) -> dict[str, Any]:
         fields = asdict(turn)
-        if not self._log_transcripts:
-            for name in _TEXT_FIELDS:
+        for name in _TEXT_FIELDS:
+            if self._log_transcripts:
+                fields[name] = self._redact(fields[name])
+            else:
                 fields.pop(name, None)
         return fields

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker.config.loader import load_model
+from worker.config.records import FlowRecords
 from worker.config.telephony import check_number
 
 __all__ = [
@@ -193,6 +194,9 @@ class Flow(_Strict):
     """A final transcript containing one of these ends the call after ``goodbye``."""
     goodbye: _Text = "Thank you for calling. Goodbye."
     hours: HoursConfig | None = None
+    records: FlowRecords | None = None
+    """This line's overrides of agent.yaml ``records:`` (recording, redaction, caller-ID
+    masking)."""
 
     @field_validator("numbers")
     @classmethod
