@@ -60,7 +60,8 @@ def test_call_rings_a_local_phone_the_agent_greets_and_keys_digits(
             )  # fmt: skip
             status, output = await _finish(proc, 60)
             assert status == 0, output
-            assert re.search(r"call: \+15550150: answered; room out-", output), output
+            answered = re.search(r"call: \+15550150: answered; room (out-\S+)", output)
+            assert answered, output
             await callee.wait_event("CALL_ESTABLISHED", 10)
             # The call went through the edge, its media through the relay: the callee's leg is
             # pinned to the callee's own RTP address.
@@ -89,6 +90,15 @@ def test_call_rings_a_local_phone_the_agent_greets_and_keys_digits(
                 ).lower()
             assert "alex" in said and "delivery" in said, said
             await callee.hang_up()
+            # The record: an outbound call to the callee's number, hung up by the callee; the
+            # keys the agent sent are events.
+            record = await line_stack.record(answered.group(1).rstrip(";,."))
+            assert record.direction == "outbound" and record.called == CALLEE, record
+            assert record.outcome == "completed" and record.ended_by == "caller", record
+            assert record.caller is not None and record.caller.endswith(CALLEE[-4:]), record
+            assert record.caller_key is not None
+            assert [e.kind for e in record.events].count("dtmf_sent") == 1, record.events
+            assert any(t.role == "agent" for t in record.turns), record.turns
 
     asyncio.run(run())
 

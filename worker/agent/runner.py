@@ -234,7 +234,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
     try:
         cfg = load_agent_config(args.config)
         load_call_flows(cfg, args.config)  # a bad flows file fails here, not in every call
-    except ConfigError as err:
+        cfg.records.resolved(os.environ)  # ... and a bad VOICESTACK_RECORDS_URL
+    except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
     prometheus_port = cfg.worker.prometheus_port

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "LIVE_URL_ENV",
@@ -79,12 +79,22 @@ class RecordsConfig(_Strict):
     flush_interval_s: Annotated[float, Field(gt=0)] = 2.0
     """How often the spool is retried while the store is unavailable."""
 
+    @field_validator("store_url")
+    @classmethod
+    def _supported_store(cls, url: str) -> str:
+        # A typo here would otherwise surface as a store outage hours later, in the spool.
+        if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(
+                "records.store_url must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+            )
+        return url
+
     def resolved(self, env: Mapping[str, str]) -> RecordsConfig:
         """These settings with the environment's overrides (``VOICESTACK_RECORDS_URL``,
         ``VOICESTACK_REDIS_URL``) applied."""
         update = {}
         if env.get(STORE_URL_ENV):
-            update["store_url"] = env[STORE_URL_ENV]
+            update["store_url"] = self._supported_store(env[STORE_URL_ENV])
         if env.get(LIVE_URL_ENV):
             update["live_url"] = env[LIVE_URL_ENV]
         return self.model_copy(update=update)
