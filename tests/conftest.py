@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ci_mode import in_ci
 
 from worker.config.telephony import TelephonyConfig
 from worker.process_exit import exit_process, rtc_runtime_live
@@ -31,11 +32,6 @@ SIP_BINARY = tool_path("livekit-sip")
 def sip_available() -> bool:
     """True when the project-local livekit-sip binary and the SIP edge (kamailio) exist."""
     return SIP_BINARY.is_file() and os.access(SIP_BINARY, os.X_OK) and edge_binary().exists()
-
-
-def in_ci() -> bool:
-    """CI runs ``.ci/run`` with ``CI=true``: there, every test must run."""
-    return os.environ.get("CI", "").lower() == "true"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

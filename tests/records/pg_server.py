@@ -18,11 +18,6 @@ PG_MISSING = (
 )
 
 
-def in_ci() -> bool:
-    """``CI=true``: every test must run, a missing PostgreSQL is a failure."""
-    return os.environ.get("CI", "").lower() == "true"
-
-
 def pg_bindir() -> Path | None:
     """The newest Debian PostgreSQL with initdb and pg_ctl, else one on PATH."""
     found = []
