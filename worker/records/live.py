@@ -101,6 +101,42 @@ async def _close_client(client: aioredis.Redis | None) -> None:
         await asyncio.wait_for(client.aclose(), 1.0)
 
 
+async def _follow(
+    url: str,
+    channel: str,
+    what: str,
+    deliver: Callable[[dict[str, Any]], None],
+    closed: Callable[[], bool],
+    subscribed: asyncio.Event | None = None,
+) -> None:
+    """Subscribe to ``channel`` and hand each JSON object published there to ``deliver``
+    until ``closed()``; a lost connection is retried with backoff, one warning per outage.
+    ``subscribed`` is set while the subscription stands."""
+    outage = _Outage(what)
+    while not closed():
+        client = _client(url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await asyncio.wait_for(pubsub.subscribe(channel), _SOCKET_TIMEOUT_S)
+            if subscribed is not None:
+                subscribed.set()
+            outage.ok()
+            while not closed():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    event = _decode(message.get("data"))
+                    if event is not None:
+                        deliver(event)
+        except (RedisError, OSError, TimeoutError) as err:
+            if subscribed is not None:
+                subscribed.clear()
+            await asyncio.sleep(outage.failed(err))
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
+            await _close_client(client)
+
+
 class _Outage:
     """One warning per outage, and the backoff between tries."""
 
@@ -264,30 +300,18 @@ class LivePublisher:
             except RuntimeError:
                 logger.warning("on_command outside an event loop: commands are not received")
                 return
-            self._listener = loop.create_task(self._listen(), name="live-commands")
+            self._listener = loop.create_task(
+                _follow(
+                    self._url,
+                    COMMAND_CHANNEL,
+                    "live commands",
+                    self._dispatch,
+                    lambda: self._closed,
+                ),
+                name="live-commands",
+            )
 
-    async def _listen(self) -> None:
-        outage = _Outage("live commands")
-        while not self._closed:
-            client = _client(self._url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await asyncio.wait_for(pubsub.subscribe(COMMAND_CHANNEL), _SOCKET_TIMEOUT_S)
-                outage.ok()
-                while not self._closed:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._dispatch(_decode(message.get("data")))
-            except (RedisError, OSError, TimeoutError) as err:
-                await asyncio.sleep(outage.failed(err))
-            finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
-                await _close_client(client)
-
-    def _dispatch(self, command: dict[str, Any] | None) -> None:
-        if command is None:
-            return
+    def _dispatch(self, command: dict[str, Any]) -> None:
         handler = self._handlers.get(str(command.get("call_id")))
         if handler is None:
             return  # another job process runs that call
@@ -417,31 +441,16 @@ class LiveFeed:
             raise RuntimeError("LiveFeed is closed")
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(
-                self._read_loop(), name="live-feed"
+                _follow(
+                    self._url,
+                    LIVE_CHANNEL,
+                    "live feed",
+                    self._deliver,
+                    lambda: self._closed,
+                    self._subscribed,
+                ),
+                name="live-feed",
             )
-
-    async def _read_loop(self) -> None:
-        outage = _Outage("live feed")
-        while not self._closed:
-            client = _client(self._url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await asyncio.wait_for(pubsub.subscribe(LIVE_CHANNEL), _SOCKET_TIMEOUT_S)
-                self._subscribed.set()
-                outage.ok()
-                while not self._closed:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        event = _decode(message.get("data"))
-                        if event is not None:
-                            self._deliver(event)
-            except (RedisError, OSError, TimeoutError) as err:
-                self._subscribed.clear()
-                await asyncio.sleep(outage.failed(err))
-            finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
-                await _close_client(client)
 
     def _deliver(self, event: dict[str, Any]) -> None:
         if event.get("type") == "command_result":
