@@ -118,6 +118,10 @@ class CallRecorder:
             started_at=started.isoformat(),
         )
 
+    def redact_digits(self, digits: str) -> str:
+        """Keys the caller pressed, as logs and records may show them (the line's rules)."""
+        return self.redactor.redact_digits(digits)
+
     def redact(self, text: str) -> str:
         """``text`` with this call's PII kinds replaced (what logs and records may show)."""
         return self._redacted(text)[0]
@@ -180,7 +184,9 @@ class CallRecorder:
             self._turns.append(turn)
         self._publish("caller_turn", text=turn.text, at_s=turn.at_s)
 
-    def agent_turn(self, text: str, *, interrupted: bool, latency: Mapping[str, float]) -> None:
+    def agent_turn(
+        self, text: str, *, interrupted: bool, latency: Mapping[str, float | None]
+    ) -> None:
         """An agent reply as the caller heard it (cut short when interrupted)."""
         clean, pii = self._redacted(text)
         turn = Turn(
@@ -210,7 +216,7 @@ class CallRecorder:
         for key, value in detail.items():
             text = str(value)
             if key in ("digit", "digits"):
-                text = self.redactor.redact_digits(text)
+                text = self.redact_digits(text)
             elif key in _PERSONAL_FIELDS:
                 text = self.redact(text)
             clean[key] = text

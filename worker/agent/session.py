@@ -18,7 +18,6 @@ import asyncio
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any, TypedDict
 
 from livekit import rtc
@@ -105,9 +104,7 @@ def prewarm(proc: JobProcess) -> None:
     records = cfg.records.resolved(os.environ)
     proc.userdata["records"] = records
     if records.enabled:
-        proc.userdata["spool"] = Spool(
-            Path(records.spool_dir), max_bytes=records.spool_max_mb * 1024 * 1024
-        )
+        proc.userdata["spool"] = Spool.of(records)
         proc.userdata["caller_secret"] = load_secret(records)
     proc.userdata["vad"] = silero.VAD.load(
         activation_threshold=cfg.turn.vad_activation_threshold,
@@ -208,7 +205,6 @@ async def entrypoint(ctx: JobContext) -> None:
         inference_url=url,
     )
     recorder = archive.recorder
-    _keep_record = archive.keep
 
     flows: FlowsConfig = ctx.proc.userdata["flows"]
     control: CallControl | None = None  # set once the caller's line (flow) is known
@@ -238,14 +234,14 @@ async def entrypoint(ctx: JobContext) -> None:
         recorder.finish("refused", ended_by="system", detail=f"at capacity: {overload}")
         if overload == "reject":
             logger.warning("call %s refused: the inference server is at capacity", call_id)
-            await _keep_record()
+            await archive.keep()
             await ctx.delete_room()
             ctx.shutdown(reason="at capacity: rejected")
             return
         await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
         logger.warning("call %s: inference server at capacity; playing the busy message", call_id)
         await announcer.play("busy")
-        await _keep_record()
+        await archive.keep()
         await ctx.delete_room()  # the message says "call again": hang up, no transfer
         ctx.shutdown(reason="at capacity: busy message played")
         return
@@ -314,7 +310,7 @@ async def entrypoint(ctx: JobContext) -> None:
             announcer.aclose(),
             return_exceptions=True,
         )
-        await _keep_record()
+        await archive.keep()
 
     ctx.add_shutdown_callback(_on_shutdown)
 
@@ -358,11 +354,7 @@ async def entrypoint(ctx: JobContext) -> None:
             recorder.caller_turn(text)
         elif item.role == "assistant":
             latency = {**turn.stages(), "e2e": turn.e2e} if turn is not None else {}
-            recorder.agent_turn(
-                text,
-                interrupted=bool(item.interrupted),
-                latency={k: v for k, v in latency.items() if v is not None},
-            )
+            recorder.agent_turn(text, interrupted=bool(item.interrupted), latency=latency)
             _prefill()
 
     @session.on("user_state_changed")
@@ -413,7 +405,7 @@ async def entrypoint(ctx: JobContext) -> None:
         if caller is None or not await _wait_answered(caller):
             logger.info("outbound call %s to %s was not answered", call_id, called)
             recorder.finish("unanswered", ended_by="system", detail="not answered")
-            await _keep_record()
+            await archive.keep()
             await ctx.delete_room()
             ctx.shutdown(reason="outbound call not answered")
             return
@@ -424,7 +416,7 @@ async def entrypoint(ctx: JobContext) -> None:
         # No line answers this number (the flows file has no default): not our call.
         logger.error("call %s to %s: no flow answers this number; hanging up", call_id, called)
         recorder.finish("failed", ended_by="system", detail="no flow answers the called number")
-        await _keep_record()
+        await archive.keep()
         await ctx.delete_room()
         ctx.shutdown(reason="no flow for the called number")
         return
@@ -450,7 +442,7 @@ async def entrypoint(ctx: JobContext) -> None:
         await agent.update_chat_ctx(chat)
         if cfg.worker.log_transcripts:
             if digits:
-                text = text.replace(digits, recorder.redactor.redact_digits(digits))
+                text = text.replace(digits, recorder.redact_digits(digits))
             logger.info("call %s: context note: %s", call_id, recorder.redact(text))
 
     control = CallControl(
@@ -462,7 +454,7 @@ async def entrypoint(ctx: JobContext) -> None:
         caller=lambda: _caller(ctx.room),
         on_note=_note,
         log_personal=cfg.worker.log_transcripts,
-        redact_digits=lambda digits: recorder.redactor.redact_digits(digits),
+        redact_digits=recorder.redact_digits,
         redact_text=recorder.redact,
     )
     archive.follow(session, control)

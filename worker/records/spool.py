@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from worker.config.records import RecordsConfig
 from worker.records.record import CallRecord
 from worker.records.store import RecordStore, StoreError
 
@@ -74,6 +75,11 @@ class Spool:
     def __init__(self, directory: Path, *, max_bytes: int = 1 << 30) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+
+    @classmethod
+    def of(cls, cfg: RecordsConfig) -> Spool:
+        """The spool ``records:`` configures (``spool_dir``, ``spool_max_mb``)."""
+        return cls(Path(cfg.spool_dir), max_bytes=cfg.spool_max_mb * 1024 * 1024)
 
     @property
     def rejected_dir(self) -> Path:

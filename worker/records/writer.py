@@ -1,8 +1,8 @@
 """The record writer: the one thread of an agent worker's main process that owns the store.
 
-Job processes put finished calls into the spool (:class:`worker.records.spool.Spool`) and nudge
-the writer; the writer drains the spool into the store every ``flush_interval_s`` (at once when
-nudged) and runs retention every ``retention_interval_s``. When the store is unavailable the
+Job processes put finished calls into the spool (:class:`worker.records.spool.Spool`); the
+writer drains the spool into the store every ``flush_interval_s`` (at once when nudged, from its
+own process) and runs retention every ``retention_interval_s``. When the store is unavailable the
 records wait in the spool: one WARNING says so, one INFO says when the store is back, and no
 call ever waits on the database.
 """
@@ -41,7 +41,7 @@ class RecordWriter:
     def __init__(self, cfg: RecordsConfig, *, now: Callable[[], datetime] = _utcnow) -> None:
         self._cfg = cfg
         self._now = now
-        self.spool = Spool(Path(cfg.spool_dir), max_bytes=cfg.spool_max_mb * 1024 * 1024)
+        self.spool = Spool.of(cfg)
         self._store = RecordStore(store_url(cfg))
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -65,7 +65,8 @@ class RecordWriter:
         self._thread.start()
 
     def nudge(self) -> None:
-        """Drain now (a call just put its record into the spool)."""
+        """Drain now instead of at the next interval (job processes cannot reach it: they are
+        other processes; they leave their records in the spool)."""
         self._wake.set()
 
     def stop(self, timeout_s: float = 5.0) -> None:
