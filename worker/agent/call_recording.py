@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -103,10 +104,14 @@ class CallAudio:
         offset = self._started_wall - started_at.timestamp()
         began, cpu = time.monotonic(), time.process_time()
         try:
-            spans = await self._silence_spans(windows, offset, silence_words, inference_url)
+            # Decoded once: the word-timing clips and the final encode both read it.
+            audio = await asyncio.to_thread(decode_stereo, self._raw, RECORDING_RATE)
+            spans = await self._silence_spans(audio, windows, offset, silence_words, inference_url)
             day = started_at.strftime("%Y-%m-%d")
             final = self._dir / day / f"{safe_name(self.call_id)}.{self._fmt}"
-            done = await asyncio.to_thread(finish_recording, self._raw, final, self._fmt, spans)
+            done = await asyncio.to_thread(
+                partial(finish_recording, audio=audio), self._raw, final, self._fmt, spans
+            )
         except Exception:
             # The raw file holds unredacted speech: it must not stay behind.
             logger.exception("call %s: recording not kept", self.call_id)
@@ -133,6 +138,7 @@ class CallAudio:
 
     async def _silence_spans(
         self,
+        audio: np.ndarray,
         windows: list[PiiWindow],
         offset: float,
         silence_words: SilenceWords,
@@ -140,7 +146,6 @@ class CallAudio:
     ) -> list[tuple[int, float, float]]:
         if not windows:
             return []
-        audio = await asyncio.to_thread(decode_stereo, self._raw, RECORDING_RATE)
         loop = asyncio.get_running_loop()
         until = loop.time() + _ALIGN_BUDGET_S
         spans: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
@@ -153,7 +158,7 @@ class CallAudio:
                 try:
                     _, words = await transcribe_words(
                         inference_url,
-                        (np.clip(clip, -1.0, 1.0) * 32767).astype(np.int16),
+                        clip,
                         RECORDING_RATE,
                         call_id=f"{self.call_id}-redact",
                         timeout_s=min(left, 10.0),

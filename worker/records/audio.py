@@ -129,16 +129,20 @@ def finish_recording(
     silence: Sequence[tuple[int, float, float]] = (),
     *,
     rate: int = RECORDING_RATE,
+    audio: np.ndarray | None = None,
 ) -> FinishedAudio:
     """Write ``final`` from the raw recording with ``silence`` spans (channel, start_s, end_s)
-    zeroed, then remove ``raw``. Always encoded again: the raw file is livekit-agents'
-    RecorderIO output at FFmpeg's default ~100 kb/s, the kept one 32 kb/s Opus (or FLAC), a
-    third of the disk. The file appears under its final name only once complete."""
+    zeroed, then remove ``raw``. ``audio``: the raw file already decoded by the caller
+    (:func:`decode_stereo` at ``rate``; its spans are zeroed in place), not decoded again.
+    Always encoded again: the raw file is livekit-agents' RecorderIO output at FFmpeg's default
+    ~100 kb/s, the kept one 32 kb/s Opus (or FLAC), a third of the disk. The file appears under
+    its final name only once complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
     spans = tuple(silence)
     tmp = final.with_name(final.name + ".part")
     try:
-        audio = decode_stereo(raw, rate)
+        if audio is None:
+            audio = decode_stereo(raw, rate)
         for channel, start, end in spans:
             _silence(audio, channel, start, end, rate)
         _encode(audio, tmp, fmt, rate)
