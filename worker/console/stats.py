@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-__all__ = ["STAGES", "LatencyStats", "percentile"]
+from worker.agent.turn_metrics import STAGES as AGENT_STAGES
+from worker.bench.stats import nearest_rank
 
-STAGES: tuple[str, ...] = ("end_of_utterance", "stt", "llm_ttft", "tts_ttfb", "e2e")
+__all__ = ["STAGES", "LatencyStats"]
+
+STAGES: tuple[str, ...] = (*AGENT_STAGES, "e2e")
 """The stages of an agent reply, as ``agent_turn`` events and records name them."""
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The ``q`` (0..1) quantile by nearest rank, or None without values."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 class LatencyStats:
@@ -44,5 +38,5 @@ class LatencyStats:
         stages: dict[str, dict[str, float | None]] = {}
         for stage in STAGES:
             values = [t[stage] for t in self._turns if stage in t]
-            stages[stage] = {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95)}
+            stages[stage] = {"p50": nearest_rank(values, 50), "p95": nearest_rank(values, 95)}
         return {"turns": len(self._turns), "stages": stages}
