@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -54,6 +54,23 @@ class SttEngine:
                 f"(supported: {', '.join(sorted(self.supported_languages))})"
             )
 
+    def _segments(self, audio: np.ndarray, language: str | None, *, words: bool) -> Any:
+        """faster-whisper's lazy segments: one greedy pass (temperature fallback would
+        re-decode slow utterances several times). Word timings need timestamp mode: with
+        ``without_timestamps=True`` faster-whisper seeks to the last word's end and decodes the
+        tail again (tiny.en then hallucinates a sentence)."""
+        segments, _info = self._model.transcribe(
+            audio.astype(np.float32, copy=False),
+            language=language or self.language,
+            beam_size=1,
+            without_timestamps=not words,
+            word_timestamps=words,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        return segments
+
     def transcribe_words(
         self, audio: np.ndarray, language: str | None = None
     ) -> tuple[str, tuple[Word, ...]]:
@@ -62,20 +79,9 @@ class SttEngine:
         engine's)."""
         if audio.size == 0:
             return "", ()
-        segments, _info = self._model.transcribe(
-            audio.astype(np.float32, copy=False),
-            language=language or self.language,
-            beam_size=1,
-            # Timestamp mode: with without_timestamps=True faster-whisper seeks to the last
-            # word's end and decodes the tail again (tiny.en then hallucinates a sentence).
-            word_timestamps=True,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
         texts: list[str] = []
         words: list[Word] = []
-        for seg in segments:  # lazy: decoding happens here, in the engine thread
+        for seg in self._segments(audio, language, words=True):  # decodes here, in this thread
             texts.append(seg.text.strip())
             words.extend(
                 Word(w.word.strip(), round(w.start, 3), round(w.end, 3))
@@ -89,16 +95,7 @@ class SttEngine:
         ``language`` overrides the configured one for this call."""
         if audio.size == 0:
             return ""
-        segments, _info = self._model.transcribe(
-            audio.astype(np.float32, copy=False),
-            language=language or self.language,
-            beam_size=1,
-            without_timestamps=True,
-            # One greedy pass: temperature fallback would re-decode slow utterances several times.
-            temperature=0.0,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        # transcribe() is lazy: decoding happens while iterating, which is why this runs here,
-        # in the engine thread, and never on the event loop.
+        # The segments are lazy: decoding happens while iterating, which is why this runs
+        # here, in the engine thread, and never on the event loop.
+        segments = self._segments(audio, language, words=False)
         return " ".join(seg.text.strip() for seg in segments).strip()
